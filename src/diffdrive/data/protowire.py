@@ -1,0 +1,143 @@
+"""A minimal protobuf wire-format reader and writer (no generated code, no TensorFlow).
+
+Enough to read ``tf.train.Example`` and WOMD ``Scenario`` messages field by field and to
+write ``tf.train.Example``. Errors are :class:`WireError` with the byte offset; callers add
+the file, record and field.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import numpy as np
+
+VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+
+
+class WireError(ValueError):
+    """Malformed protobuf bytes."""
+
+
+def read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Decodes a base-128 varint at ``pos``; returns ``(value, new_pos)``."""
+    result = 0
+    shift = 0
+    end = len(buf)
+    while True:
+        if pos >= end:
+            raise WireError(f"truncated varint at byte {pos}")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError(f"varint longer than 10 bytes at byte {pos}")
+
+
+def iter_fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, object]]:
+    """Yields ``(field_number, wire_type, value)`` for each field of a message.
+
+    ``value`` is an int for varints, ``bytes``-like (memoryview) for length-delimited
+    fields, and the raw 4/8 bytes for fixed32/fixed64.
+    """
+    buf = memoryview(buf)
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        key, pos = read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise WireError(f"field number 0 at byte {pos}")
+        if wire == VARINT:
+            value, pos = read_varint(buf, pos)
+        elif wire == LENGTH_DELIMITED:
+            size, pos = read_varint(buf, pos)
+            if pos + size > end:
+                raise WireError(f"length-delimited field {field} overruns the message at byte {pos}")
+            value = buf[pos : pos + size]
+            pos += size
+        elif wire == FIXED32:
+            if pos + 4 > end:
+                raise WireError(f"truncated fixed32 field {field} at byte {pos}")
+            value = buf[pos : pos + 4]
+            pos += 4
+        elif wire == FIXED64:
+            if pos + 8 > end:
+                raise WireError(f"truncated fixed64 field {field} at byte {pos}")
+            value = buf[pos : pos + 8]
+            pos += 8
+        else:
+            raise WireError(f"unsupported wire type {wire} for field {field} at byte {pos}")
+        yield field, wire, value
+
+
+def to_signed64(value: int) -> int:
+    """Reinterprets an unsigned varint as int64 (protobuf ``int64``/``int32``)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def zigzag_decode(value: int) -> int:
+    return (value >> 1) ^ -(value & 1)
+
+
+def packed_varints(buf: bytes | memoryview) -> list[int]:
+    """Decodes a packed repeated varint field into signed 64-bit ints."""
+    out = []
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        v, pos = read_varint(buf, pos)
+        out.append(to_signed64(v))
+    return out
+
+
+def packed_floats(buf: bytes | memoryview) -> np.ndarray:
+    if len(buf) % 4:
+        raise WireError(f"packed float field of {len(buf)} bytes is not a multiple of 4")
+    return np.frombuffer(bytes(buf), dtype="<f4")
+
+
+def packed_doubles(buf: bytes | memoryview) -> np.ndarray:
+    if len(buf) % 8:
+        raise WireError(f"packed double field of {len(buf)} bytes is not a multiple of 8")
+    return np.frombuffer(bytes(buf), dtype="<f8")
+
+
+def fixed32_float(raw: bytes | memoryview) -> float:
+    return struct.unpack("<f", bytes(raw))[0]
+
+
+def fixed64_double(raw: bytes | memoryview) -> float:
+    return struct.unpack("<d", bytes(raw))[0]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def encode_varint(value: int) -> bytes:
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def encode_key(field: int, wire: int) -> bytes:
+    return encode_varint((field << 3) | wire)
+
+
+def encode_bytes_field(field: int, payload: bytes) -> bytes:
+    return encode_key(field, LENGTH_DELIMITED) + encode_varint(len(payload)) + payload
+
+
+def encode_varint_field(field: int, value: int) -> bytes:
+    return encode_key(field, VARINT) + encode_varint(value)

@@ -1,0 +1,1 @@
+"""Simulator core: state datatypes, dynamics, environments, metrics, observations."""
