@@ -567,7 +567,9 @@ def validate(state: SimulatorState) -> SimulatorState:
     num_objects = meta.shape[-1] if meta.shape else 0
     if not meta.shape:
         raise ValueError("object_metadata.ids: expected shape (..., num_objects), got ()")
-    num_t = state.log_trajectory.shape[-1] if state.log_trajectory.shape else 0
+    # The step count most log fields agree on; the odd field out is the one reported.
+    lengths = [np.shape(getattr(state.log_trajectory, f))[-1:] for f in Trajectory.field_names()]
+    num_t = max(set(lengths), key=lengths.count)[0] if any(lengths) else 0
     _check_fields(meta, "object_metadata", batch + (num_objects,))
     _check_fields(state.log_trajectory, "log_trajectory", batch + (num_objects, num_t))
     _check_fields(state.sim_trajectory, "sim_trajectory", batch + (num_objects, num_t))
