@@ -153,6 +153,17 @@ def test_expert_replay_on_real_scenarios_matches_waymax(golden, index):
     )
     state = multi.reset(_real_state(index))
     out = jax.jit(lambda s: multi.rollout(s, env.expert_actor(model), 80))(state)
+    # The fast option leaves every valid object's offroad value exact.
+    fast_env = env.MultiAgentEnvironment(
+        model, env.EnvironmentConfig(controlled_object="valid", metrics=("offroad",),
+                                     offroad_exact_for_invalid=False)
+    )
+    fast = jax.jit(lambda s: fast_env.rollout(s, env.expert_actor(model), 80))(state)
+    valid_objects = np.asarray(out.trajectory.valid)
+    np.testing.assert_array_equal(
+        np.asarray(fast.metrics["offroad"].value)[valid_objects],
+        np.asarray(out.metrics["offroad"].value)[valid_objects],
+    )
     steps = expected["MultiAgentEnvironment_VALID_expert_bicycle"]["steps"]
     for name in metrics:
         value = np.asarray(out.metrics[name].value)[:, 1:]

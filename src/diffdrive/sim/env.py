@@ -60,6 +60,10 @@ class EnvironmentConfig:
     rewards: (metric name, weight) pairs of the linear reward.
     road_edge_index: build the offroad grid in ``reset`` (exact, much faster offroad).
     index_config: its grid parameters.
+    offroad_exact_for_invalid: Waymax's values for objects invalid at a step too (True,
+      the default); False judges those by the grid alone, a deliberate difference that
+      keeps the rollout fast when padding poses sit far from the map (valid objects, and
+      so every masked metric, stay exact).
     """
 
     init_steps: int = INIT_STEPS
@@ -69,6 +73,7 @@ class EnvironmentConfig:
     rewards: tuple[tuple[str, float], ...] = (("overlap", -1.0), ("offroad", -1.0))
     road_edge_index: bool = True
     index_config: metrics_lib.RoadEdgeIndexConfig = metrics_lib.RoadEdgeIndexConfig()
+    offroad_exact_for_invalid: bool = True
 
 
 @struct.dataclass
@@ -277,28 +282,42 @@ class MultiAgentEnvironment:
         mask = self.control_mask(state.object_metadata, state.sim_trajectory)
         base = self.view(state)
 
-        def measure(view):
-            per_object = self._metrics_of_view(view, needed)
+        with_offroad = "offroad" in needed
+        others = tuple(n for n in needed if n != "offroad")
+
+        def measure(view, cache):
+            per_object = self._metrics_of_view(view, others)
+            if with_offroad:
+                # Objects parked at fill values keep their exact value instead of forcing the
+                # offroad fallback at every step.
+                per_object["offroad"], cache = metrics_lib.offroad_cached(
+                    view.current, view.roadgraph, view.road_edge_index, cache,
+                    self.config.index_config.fallback_queries,
+                    self.config.offroad_exact_for_invalid,
+                )
             reward = self._reward_of(per_object, mask) if with_rewards else jnp.zeros(())
-            return self._reduce_metrics({n: per_object[n] for n in names}, view), self._reduce_reward(
-                reward, view
+            recorded = (
+                self._reduce_metrics({n: per_object[n] for n in names}, view),
+                self._reduce_reward(reward, view),
             )
+            return recorded, cache
 
         def body(carry, step_key):
-            current, previous, t, a_state = carry
+            current, previous, t, a_state, cache = carry
             view = base.replace(current=current, previous=previous, timestep=t)
             action, a_state = actor(view, a_state, step_key)
-            recorded = measure(view)
+            recorded, cache = measure(view, cache)
             nxt = self._step_view(view, action, mask)
-            return (nxt, current, t + 1, a_state), (nxt, action, recorded)
+            return (nxt, current, t + 1, a_state, cache), (nxt, action, recorded)
 
-        init = (base.current, base.previous, base.timestep, actor_state)
+        cache0 = metrics_lib.OffroadCache.empty(base.current.x.shape) if with_offroad else None
+        init = (base.current, base.previous, base.timestep, actor_state, cache0)
         keys = jax.random.split(key, num_steps)
-        (last, before_last, t_end, a_state), (traj, actions, recorded) = jax.lax.scan(
+        (last, before_last, t_end, a_state, cache), (traj, actions, recorded) = jax.lax.scan(
             body, init, keys
         )
         final_view = base.replace(current=last, previous=before_last, timestep=t_end)
-        final_metrics, final_reward = measure(final_view)
+        (final_metrics, final_reward), _ = measure(final_view, cache)
         step_metrics, step_rewards = recorded
         metrics_out = jax.tree.map(
             lambda seq, fin: jnp.concatenate([jnp.moveaxis(seq, 0, -1), fin[..., None]], axis=-1),

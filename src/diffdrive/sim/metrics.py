@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from diffdrive.sim import dynamics as dynamics_lib
@@ -199,31 +200,78 @@ class RoadEdgeIndex:
     """Per-scenario grid over the road-edge samples for exact, fast offroad queries.
 
     Shapes (batch ``(...)``): ``origin`` ``(..., 2)`` lower-left corner (m); ``cell_size``
-    ``(...)`` (m); ``cells`` ``(..., G*G, K)`` roadgraph indices of the samples that may be
-    nearest within each cell (padded with the cell's first entry); ``excluded_bound``
-    ``(..., G*G)`` squared xy distance (m^2) from the cell to the nearest sample *not*
-    listed (+inf when all are listed); ``has_edges`` ``(...)``.
+    ``(...)`` (m); ``cells`` ``(..., G*G, K)`` roadgraph indices of the K road-edge samples
+    nearest each cell's centre (xy); ``excluded_radius`` ``(..., G*G)`` a lower bound (m) on
+    the xy distance from the centre to any sample *not* listed;
+    ``edge_ids`` ``(..., E)`` roadgraph indices of all road-edge samples, ascending, padded
+    with -1; ``overflow`` ``(...)`` True when a scenario has more than E edge samples;
+    ``edge_z_range`` ``(..., 2)`` lowest and highest road-edge z (m).
     """
 
     origin: Array
     cell_size: Array
     cells: Array
-    excluded_bound: Array
-    has_edges: Array
-    grid_size: int = struct.field(pytree_node=False, default=32)
+    excluded_radius: Array
+    edge_ids: Array
+    overflow: Array
+    edge_z_range: Array
+    grid_size: int = struct.field(pytree_node=False, default=128)
 
 
 @dataclasses.dataclass(frozen=True)
 class RoadEdgeIndexConfig:
     """Attributes:
     grid_size: cells per side of the square grid.
-    candidates_per_cell: K, samples kept per cell.
+    candidates_per_cell: K, samples listed per cell.
     margin: metres added around the road edges' bounding box.
+    max_edge_points: E, road-edge samples kept for the exact fallback (more -> brute force).
+    fallback_queries: corners per scenario and step resolved exactly when the grid cannot
+      certify them; more than that in any scenario switches the call to the brute force.
     """
 
-    grid_size: int = 48
-    candidates_per_cell: int = 48
+    grid_size: int = 128
+    candidates_per_cell: int = 96
     margin: float = 40.0
+    max_edge_points: int = 8192
+    fallback_queries: int = 32
+
+
+def _build_index_numpy(x, y, z, types, valid, config: RoadEdgeIndexConfig):
+    """Host-side build for one scenario (numpy + k-d trees); returns the index arrays."""
+    from scipy.spatial import cKDTree
+
+    g = config.grid_size
+    edge = np.flatnonzero(valid & ((types == 15) | (types == 16)))
+    k = max(1, min(config.candidates_per_cell, len(edge)))
+    e_cap = config.max_edge_points
+    edge_ids = np.full(e_cap, -1, np.int32)
+    edge_ids[: min(len(edge), e_cap)] = edge[:e_cap]
+    overflow = np.bool_(len(edge) > e_cap)
+    if len(edge) == 0:
+        # No road edge: Waymax then measures against roadgraph index 0 for every query.
+        cells = np.zeros((g * g, k), np.int32)
+        return (np.zeros(2, np.float32), np.float32(1.0), cells,
+                np.full(g * g, np.inf, np.float32), edge_ids, overflow,
+                np.zeros(2, np.float32))
+    ex, ey = x[edge].astype(np.float64), y[edge].astype(np.float64)
+    lo = np.array([ex.min(), ey.min()]) - config.margin
+    hi = np.array([ex.max(), ey.max()]) + config.margin
+    cell = max(float((hi - lo).max()) / g, 1e-3)
+    centers_1d = (np.arange(g) + 0.5) * cell
+    cx = lo[0] + np.tile(centers_1d, g)
+    cy = lo[1] + np.repeat(centers_1d, g)
+    query_k = min(k + 1, len(edge))
+    tree = cKDTree(np.stack([ex, ey], -1))
+    dist, nearest = tree.query(np.stack([cx, cy], -1), k=query_k)
+    dist = dist.reshape(g * g, query_k)
+    nearest = nearest.reshape(g * g, query_k)
+    # Every unlisted sample is at least the (K+1)-th distance from the cell centre; shrink
+    # it so float32 rounding at query time never claims a false certificate.
+    radius = dist[:, k] if query_k > k else np.full(g * g, np.inf)
+    radius = (radius * (1 - 1e-5) - 1e-4).astype(np.float32)
+    cells = edge[nearest[:, :k]].astype(np.int32)
+    z_range = np.array([z[edge].min(), z[edge].max()], np.float32)
+    return (lo.astype(np.float32), np.float32(cell), cells, radius, edge_ids, overflow, z_range)
 
 
 def build_road_edge_index(
@@ -231,118 +279,195 @@ def build_road_edge_index(
 ) -> RoadEdgeIndex:
     """Precomputes a :class:`RoadEdgeIndex` for each scenario of ``roadgraph`` ``(..., P)``.
 
-    Pure JAX; jit it or run it once when a dataset is cached.
+    Runs on the host (k-d trees per scenario) through ``jax.pure_callback``, so it also
+    works under ``jit``; build it once per scenario (``reset`` or the data cache).
     """
     batch = roadgraph.shape[:-1]
-    flat = jax.tree.map(lambda a: a.reshape((-1, a.shape[-1])), roadgraph)
-    index = jax.vmap(lambda rg: _build_one(rg, config))(flat)
-    return jax.tree.map(lambda a: a.reshape(batch + a.shape[1:]), index)
-
-
-def _build_one(rg: RoadgraphPoints, config: RoadEdgeIndexConfig) -> RoadEdgeIndex:
-    g, k = config.grid_size, min(config.candidates_per_cell, rg.num_points)
-    candidate = rg.valid & is_road_edge(rg.types)
-    has_edges = jnp.any(candidate)
-    big = jnp.float32(1e9)
-    lo = jnp.stack([jnp.min(jnp.where(candidate, rg.x, big)), jnp.min(jnp.where(candidate, rg.y, big))])
-    hi = jnp.stack(
-        [jnp.max(jnp.where(candidate, rg.x, -big)), jnp.max(jnp.where(candidate, rg.y, -big))]
+    g = config.grid_size
+    k = max(1, min(config.candidates_per_cell, roadgraph.num_points))
+    shapes = (
+        jax.ShapeDtypeStruct((2,), jnp.float32),
+        jax.ShapeDtypeStruct((), jnp.float32),
+        jax.ShapeDtypeStruct((g * g, k), jnp.int32),
+        jax.ShapeDtypeStruct((g * g,), jnp.float32),
+        jax.ShapeDtypeStruct((config.max_edge_points,), jnp.int32),
+        jax.ShapeDtypeStruct((), jnp.bool_),
+        jax.ShapeDtypeStruct((2,), jnp.float32),
     )
-    lo = jnp.where(has_edges, lo - config.margin, 0.0)
-    hi = jnp.where(has_edges, hi + config.margin, 1.0)
-    cell = jnp.maximum(jnp.max(hi - lo) / g, 1e-3)
-    ij = jnp.arange(g, dtype=jnp.float32)
-    cx0 = lo[0] + ij * cell
-    cy0 = lo[1] + ij * cell
-    # Cell c = iy * g + ix spans [cx0[ix], cx0[ix] + cell] x [cy0[iy], cy0[iy] + cell].
-    x0 = jnp.tile(cx0, g)
-    y0 = jnp.repeat(cy0, g)
-    px, py = rg.x[None, :], rg.y[None, :]
-    gap_x = jnp.maximum(jnp.maximum(x0[:, None] - px, px - (x0[:, None] + cell)), 0.0)
-    gap_y = jnp.maximum(jnp.maximum(y0[:, None] - py, py - (y0[:, None] + cell)), 0.0)
-    lower = gap_x**2 + gap_y**2  # (G*G, P): no point of the cell is closer in xy
-    far_x = jnp.maximum(jnp.abs(x0[:, None] - px), jnp.abs(x0[:, None] + cell - px))
-    far_y = jnp.maximum(jnp.abs(y0[:, None] - py), jnp.abs(y0[:, None] + cell - py))
-    lower = jnp.where(candidate[None, :], lower, jnp.inf)
-    upper = jnp.where(candidate[None, :], far_x**2 + far_y**2, jnp.inf)
-    # Keep samples that may be nearest in xy: lower bound within the best upper bound.
-    reach = jnp.min(upper, axis=-1, keepdims=True)
-    score = jnp.where(lower <= reach, lower, jnp.inf)
-    neg, order = jax.lax.top_k(-score, k)
-    kept_finite = jnp.isfinite(neg)
-    cells = jnp.where(kept_finite, order, order[:, :1])
-    # Lower bound of everything not kept: the (k+1)-th smallest lower bound overall.
-    lower_all = jnp.where(candidate[None, :], lower, jnp.inf)
-    kept_mask = jnp.zeros_like(lower_all, dtype=bool)
-    kept_mask = kept_mask.at[jnp.arange(g * g)[:, None], order].set(kept_finite)
-    excluded = jnp.min(jnp.where(kept_mask, jnp.inf, lower_all), axis=-1)
+
+    def host(x, y, z, types, valid):
+        out = _build_index_numpy(np.asarray(x), np.asarray(y), np.asarray(z), np.asarray(types),
+                                 np.asarray(valid), config)
+        cells = out[2]
+        if cells.shape[-1] < k:  # fewer edge samples than K: repeat the first
+            pad = np.repeat(cells[..., :1], k - cells.shape[-1], -1)
+            cells = np.concatenate([cells, pad], -1)
+        return (*out[:2], cells, *out[3:])
+
+    def one(x, y, z, types, valid):
+        return jax.pure_callback(host, shapes, x, y, z, types, valid)
+
+    flat = [a.reshape((-1, a.shape[-1])) for a in (roadgraph.x, roadgraph.y, roadgraph.z,
+                                                   roadgraph.types, roadgraph.valid)]
+    outs = jax.lax.map(lambda args: one(*args), flat)
+    outs = [o.reshape(batch + o.shape[1:]) for o in outs]
     return RoadEdgeIndex(
-        origin=lo,
-        cell_size=cell,
-        cells=cells.astype(jnp.int32),
-        excluded_bound=excluded,
-        has_edges=has_edges,
-        grid_size=g,
+        origin=outs[0], cell_size=outs[1], cells=outs[2], excluded_radius=outs[3],
+        edge_ids=outs[4], overflow=outs[5], edge_z_range=outs[6], grid_size=g,
     )
+
+
+def _gather_last(a: Array, idx: Array) -> Array:
+    """``a[..., idx]`` for ``idx`` of shape ``(...,) + extra`` (batched along the last axis)."""
+    flat = idx.reshape(idx.shape[: a.ndim - 1] + (-1,))
+    return jnp.take_along_axis(a, flat, axis=-1).reshape(idx.shape)
 
 
 def _indexed_nearest(points: Array, roadgraph: RoadgraphPoints, index: RoadEdgeIndex):
-    """Nearest-sample indices from the grid, and whether each one is certified exact."""
+    """Nearest-sample indices from the grid, and whether each one is certified exact.
+
+    A query q in (or clamped to) cell c with centre m: any unlisted sample p has
+    ``|q - p|_xy >= |p - m| - |q - m| >= R_c - |q - m|`` and a z term no smaller than the
+    gap between q's z and the edges' z range, so a listed best strictly below that bound is
+    the global nearest (ties included).
+    """
     g = index.grid_size
     qx, qy, qz = points[..., 0], points[..., 1], points[..., 2]
-    rel_x = (qx - index.origin[..., None, 0]) / index.cell_size[..., None]
-    rel_y = (qy - index.origin[..., None, 1]) / index.cell_size[..., None]
-    inside = (rel_x >= 0) & (rel_x < g) & (rel_y >= 0) & (rel_y < g)
-    ix = jnp.clip(jnp.floor(rel_x), 0, g - 1).astype(jnp.int32)
-    iy = jnp.clip(jnp.floor(rel_y), 0, g - 1).astype(jnp.int32)
-    cell = iy * g + ix  # (..., Q)
+    size = index.cell_size[..., None]
+    ix = jnp.clip(jnp.floor((qx - index.origin[..., None, 0]) / size), 0, g - 1)
+    iy = jnp.clip(jnp.floor((qy - index.origin[..., None, 1]) / size), 0, g - 1)
+    cell = (iy * g + ix).astype(jnp.int32)  # (..., Q)
     cand = jnp.take_along_axis(index.cells, cell[..., None], axis=-2)  # (..., Q, K)
-    bound = jnp.take_along_axis(index.excluded_bound, cell, axis=-1)
-
-    def gather(a):
-        flat = cand.reshape(cand.shape[:-2] + (-1,))
-        return jnp.take_along_axis(a, flat, axis=-1).reshape(cand.shape)
-
-    d2 = _sq_dist(qx[..., None], qy[..., None], qz[..., None], gather(roadgraph.x),
-                  gather(roadgraph.y), gather(roadgraph.z))
+    radius = jnp.take_along_axis(index.excluded_radius, cell, axis=-1)
+    mx = index.origin[..., None, 0] + (ix + 0.5) * size
+    my = index.origin[..., None, 1] + (iy + 0.5) * size
+    reach = jnp.maximum(radius - jnp.sqrt((qx - mx) ** 2 + (qy - my) ** 2), 0.0)
+    # The grid bounds xy only: add the least z term the edges' z range allows.
+    z_gap = jnp.maximum(
+        jnp.maximum(index.edge_z_range[..., None, 0] - qz, qz - index.edge_z_range[..., None, 1]), 0.0
+    )
+    bound = reach**2 + (Z_STRETCH * z_gap) ** 2
+    d2 = _sq_dist(qx[..., None], qy[..., None], qz[..., None], _gather_last(roadgraph.x, cand),
+                  _gather_last(roadgraph.y, cand), _gather_last(roadgraph.z, cand))
     best = jnp.min(d2, axis=-1, keepdims=True)
     # Ties go to the lowest roadgraph index, as argmin over the full array does.
     big = jnp.iinfo(jnp.int32).max
     idx = jnp.min(jnp.where(d2 == best, cand, big), axis=-1)
-    certified = inside & (best[..., 0] < bound)
+    certified = (best[..., 0] * (1 + 1e-5) < bound) & ~index.overflow[..., None]
     return idx, certified
+
+
+def _edge_list_nearest(points: Array, roadgraph: RoadgraphPoints, edge_ids: Array) -> Array:
+    """Brute force over the compact road-edge list: points ``(..., F, 3)`` -> ``(..., F)``."""
+    safe = jnp.maximum(edge_ids, 0)
+    d2 = _sq_dist(points[..., :, None, 0], points[..., :, None, 1], points[..., :, None, 2],
+                  _gather_last(roadgraph.x, safe)[..., None, :],
+                  _gather_last(roadgraph.y, safe)[..., None, :],
+                  _gather_last(roadgraph.z, safe)[..., None, :])
+    d2 = jnp.where((edge_ids >= 0)[..., None, :], d2, jnp.inf)
+    return _gather_last(safe, jnp.argmin(d2, axis=-1))
+
+
+@struct.dataclass
+class OffroadCache:
+    """Last evaluated pose ``(..., N, 6)`` (x, y, z, yaw, length, width) and offroad value."""
+
+    pose: Array
+    value: Array
+
+    @classmethod
+    def empty(cls, shape) -> OffroadCache:
+        return cls(pose=jnp.full((*shape, 6), jnp.nan, jnp.float32), value=jnp.zeros(shape, jnp.float32))
+
+
+def _pose_key(current: Trajectory) -> Array:
+    return jnp.stack(
+        [current.x, current.y, current.z, current.yaw, current.length, current.width], axis=-1
+    )
 
 
 def offroad(
     current: Trajectory,
     roadgraph: RoadgraphPoints,
     index: RoadEdgeIndex | None = None,
+    fallback_queries: int = 32,
 ) -> MetricResult:
     """1 where any box corner is to the right of the nearest road edge, ``(..., N)``.
 
-    ``valid`` is all True (Waymax). With ``index`` the result is identical to the brute
-    force for every valid object: queries the grid cannot certify fall back to the brute
-    force (one ``lax.cond`` for the whole call, so call it on a batch rather than under
-    ``vmap``). Corners of invalid objects outside the grid are judged by the grid alone.
+    ``valid`` is all True (Waymax), and every object's value is Waymax's, invalid objects
+    included. With ``index`` corners the grid cannot certify are resolved exactly against
+    the compact road-edge list (up to ``fallback_queries`` per scenario); beyond that the
+    whole call takes the brute force (one ``lax.switch``: call it on a batch rather than
+    under ``vmap``). Padding objects far from the map are never certified, so repeated
+    calls should go through :func:`offroad_cached`, as the rollout does.
+    """
+    result, _ = offroad_cached(current, roadgraph, index, None, fallback_queries)
+    return result
+
+
+def offroad_cached(
+    current: Trajectory,
+    roadgraph: RoadgraphPoints,
+    index: RoadEdgeIndex | None,
+    cache: OffroadCache | None,
+    fallback_queries: int = 32,
+    exact_for_invalid: bool = True,
+) -> tuple[MetricResult, OffroadCache]:
+    """:func:`offroad` that reuses the value of objects whose box has not moved since ``cache``.
+
+    Objects that stand still (typically padding, parked at its fill values) keep their
+    cached, exact value, so they never force the exact fallback again.
+
+    ``exact_for_invalid=False`` is a deliberate, documented difference for speed: objects
+    invalid at this step are judged by the grid's candidates alone (valid objects stay exact).
+    Waymax evaluates invalid objects at whatever pose the log padding gives them (it keeps
+    copying logged poses into objects that may not appear), a value every consumer masks
+    out, but one that at z = -1 under a road tens of metres up defeats any xy index.
     """
     points = _corner_queries(current)
     n = current.x.shape[-1]
+    pose = _pose_key(current)
+    if cache is None:
+        unchanged = jnp.zeros(current.x.shape, bool)
+        cached_value = jnp.zeros(current.x.shape, jnp.float32)
+    else:
+        unchanged = jnp.all(pose == cache.pose, axis=-1)
+        cached_value = cache.value
     if index is None:
         signed = signed_distance_to_road_edge(points, roadgraph)
     else:
         idx, certified = _indexed_nearest(points, roadgraph, index)
-        object_valid = jnp.repeat(current.valid, 4, axis=-1)
-        needs_exact = jnp.any(~certified & object_valid & index.has_edges[..., None])
+        need = ~certified & ~jnp.repeat(unchanged, 4, axis=-1)
+        if not exact_for_invalid:
+            need = need & jnp.repeat(current.valid, 4, axis=-1)
+        num_slots = min(fallback_queries, points.shape[-2])
+        count = jnp.sum(need, axis=-1)
 
-        def exact(_):
-            return signed_distance_to_road_edge(points, roadgraph)
-
-        def fast(_):
+        def grid_only(_):
             return _signed_from_nearest(points[..., 0], points[..., 1], idx, roadgraph)
 
-        signed = jax.lax.cond(needs_exact, exact, fast, None)
-    value = jnp.any(signed.reshape(signed.shape[:-1] + (n, 4)) > 0, axis=-1)
-    return MetricResult(value=value.astype(jnp.float32), valid=jnp.ones_like(current.valid))
+        def few_exact(_):
+            # The first corners needing an exact answer (top_k keeps the lowest index on ties),
+            # resolved against the compact road-edge list and scattered back.
+            _, slots = jax.lax.top_k(need.astype(jnp.float32), num_slots)
+            slot_points = jnp.take_along_axis(points, slots[..., None], axis=-2)
+            exact_idx = _edge_list_nearest(slot_points, roadgraph, index.edge_ids)
+            slot_need = jnp.take_along_axis(need, slots, axis=-1)
+            hit = (slots[..., :, None] == jnp.arange(points.shape[-2])) & slot_need[..., :, None]
+            fixed = jnp.max(jnp.where(hit, exact_idx[..., :, None], -1), axis=-2)
+            merged = jnp.where(fixed >= 0, fixed, idx)
+            return _signed_from_nearest(points[..., 0], points[..., 1], merged, roadgraph)
+
+        def brute_force(_):
+            return signed_distance_to_road_edge(points, roadgraph)
+
+        most = jnp.max(count)
+        branch = jnp.where(most == 0, 0, jnp.where(most <= num_slots, 1, 2))
+        signed = jax.lax.switch(branch, (grid_only, few_exact, brute_force), None)
+    value = jnp.any(signed.reshape(signed.shape[:-1] + (n, 4)) > 0, axis=-1).astype(jnp.float32)
+    value = jnp.where(unchanged, cached_value, value)
+    result = MetricResult(value=value, valid=jnp.ones_like(current.valid))
+    return result, OffroadCache(pose=pose, value=value)
 
 
 def smooth_offroad_cost(
