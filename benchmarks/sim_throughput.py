@@ -68,15 +68,21 @@ def run(batch: int, repeats: int) -> dict[str, float]:
 
     index_config = metrics.RoadEdgeIndexConfig()
     build = jax.jit(lambda rg: metrics.build_road_edge_index(rg, index_config))
-    results["offroad_index_build_s"] = _median_seconds(build, state.roadgraph_points, repeats=repeats)
+    results["offroad_index_build_s"] = _median_seconds(
+        build, state.roadgraph_points, repeats=repeats
+    )
     index = build(state.roadgraph_points)
 
     def make_env(names, controlled="valid", exact_for_invalid=True):
         # Objects that appear after warm-up replay the log rather than being spawned by
         # dynamics at their padding values (Waymax quirk Q3), as any real use would set it.
         config = env.EnvironmentConfig(
-            controlled_object=controlled, metrics=names, rewards=(), road_edge_index=False,
-            allow_new_objects_after_warmup=False, offroad_exact_for_invalid=exact_for_invalid,
+            controlled_object=controlled,
+            metrics=names,
+            rewards=(),
+            road_edge_index=False,
+            allow_new_objects_after_warmup=False,
+            offroad_exact_for_invalid=exact_for_invalid,
         )
         return env.MultiAgentEnvironment(model, config)
 
@@ -84,14 +90,17 @@ def run(batch: int, repeats: int) -> dict[str, float]:
     plain = multi.reset(state)
     start = plain.replace(road_edge_index=index)
     zero_action = dt.Action(
-        data=jnp.zeros((batch, start.num_objects, 2)), valid=jnp.ones((batch, start.num_objects, 1), bool)
+        data=jnp.zeros((batch, start.num_objects, 2)),
+        valid=jnp.ones((batch, start.num_objects, 1), bool),
     )
     # The step the rollout runs: current objects in, next objects out.
     mask = multi.control_mask(plain.object_metadata, plain.sim_trajectory)
     light_step = jax.jit(lambda view, a: multi._step_view(view, a, mask))
     results["step_s"] = _median_seconds(light_step, multi.view(plain), zero_action, repeats=repeats)
     # Waymax's signature: the whole (..., N, 91) state in and out.
-    results["step_full_state_s"] = _median_seconds(jax.jit(multi.step), plain, zero_action, repeats=repeats)
+    results["step_full_state_s"] = _median_seconds(
+        jax.jit(multi.step), plain, zero_action, repeats=repeats
+    )
 
     def zero_actor(view, actor_state, key):
         return zero_action, actor_state
@@ -123,17 +132,26 @@ def run(batch: int, repeats: int) -> dict[str, float]:
     p_start = planning.reset(state)
     sdc = p_start.sdc_index
     target = jnp.stack(
-        [jnp.take_along_axis(p_start.log_trajectory.x[..., 90], sdc[:, None], -1)[:, 0],
-         jnp.take_along_axis(p_start.log_trajectory.y[..., 90], sdc[:, None], -1)[:, 0]], -1
+        [
+            jnp.take_along_axis(p_start.log_trajectory.x[..., 90], sdc[:, None], -1)[:, 0],
+            jnp.take_along_axis(p_start.log_trajectory.y[..., 90], sdc[:, None], -1)[:, 0],
+        ],
+        -1,
     )
 
     def loss(actions):
         out = planning.rollout(
-            p_start, env.fixed_actions_actor(actions), 80, actor_state=0, metric_names=(),
+            p_start,
+            env.fixed_actions_actor(actions),
+            80,
+            actor_state=0,
+            metric_names=(),
             with_rewards=False,
         )
         onehot = p_start.object_metadata.is_sdc[..., None]
-        xy = jnp.stack([jnp.sum(out.trajectory.x * onehot, -2), jnp.sum(out.trajectory.y * onehot, -2)], -1)
+        xy = jnp.stack(
+            [jnp.sum(out.trajectory.x * onehot, -2), jnp.sum(out.trajectory.y * onehot, -2)], -1
+        )
         return jnp.mean(jnp.sum((xy - target[:, None, :]) ** 2, -1))
 
     grad_fn = jax.jit(jax.value_and_grad(loss))

@@ -21,7 +21,11 @@ UPDATE_FIELDS = ("x", "y", "yaw", "vel_x", "vel_y")
 def _assert_update(update: dt.TrajectoryUpdate, expected: dict) -> None:
     for f in UPDATE_FIELDS:
         np.testing.assert_allclose(
-            np.asarray(getattr(update, f)), golden_array(expected[f]), rtol=RTOL, atol=ATOL, err_msg=f
+            np.asarray(getattr(update, f)),
+            golden_array(expected[f]),
+            rtol=RTOL,
+            atol=ATOL,
+            err_msg=f,
         )
     np.testing.assert_array_equal(np.asarray(update.valid), golden_array(expected["valid"], bool))
 
@@ -72,7 +76,9 @@ def test_delta_models_match_waymax(golden):
     for name, model in (("local", dynamics.DeltaLocal()), ("global", dynamics.DeltaGlobal())):
         expected = section[f"inverse_{name}"]
         action = model.inverse(traj, 0)
-        np.testing.assert_allclose(action.data, golden_array(expected["action"]), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(
+            action.data, golden_array(expected["action"]), rtol=RTOL, atol=ATOL
+        )
         np.testing.assert_array_equal(action.valid[:, 0], golden_array(expected["valid"], bool))
 
 
@@ -112,16 +118,26 @@ def test_forward_masks_match_waymax(golden, case_index):
 
 def _single(vx, vy, yaw=0.0, x=0.0, y=0.0, batch=()):
     shape = (*batch, 1)
-    full = lambda v: jnp.full(shape, v, jnp.float32)  # noqa: E731
+    full = lambda v: jnp.full(shape, v, jnp.float32)
     return dt.Trajectory(
-        x=full(x), y=full(y), z=full(0.0), yaw=full(yaw), vel_x=full(vx), vel_y=full(vy),
-        length=full(4.5), width=full(2.0), height=full(1.5),
-        timestamp_micros=jnp.zeros(shape, jnp.int32), valid=jnp.ones(shape, bool),
+        x=full(x),
+        y=full(y),
+        z=full(0.0),
+        yaw=full(yaw),
+        vel_x=full(vx),
+        vel_y=full(vy),
+        length=full(4.5),
+        width=full(2.0),
+        height=full(1.5),
+        timestamp_micros=jnp.zeros(shape, jnp.int32),
+        valid=jnp.ones(shape, bool),
     )
 
 
 def test_waymax_bicycle_gradient_is_nan_at_zero_speed_and_smooth_variant_is_finite(golden):
-    expected = golden_array(golden["gradients"]["jac_update_wrt_vel_x"]["jacobian[agent, out, agent, t]"])
+    expected = golden_array(
+        golden["gradients"]["jac_update_wrt_vel_x"]["jacobian[agent, out, agent, t]"]
+    )
     assert np.isnan(expected[:, :, 1]).all() and not np.isnan(expected[:, :, 0]).any()
 
     def yaw_after(model, vx):
@@ -137,9 +153,17 @@ def _two_gradient_agents(vel_x0=None):
     speed, yaw = jnp.array([10.0, 0.0]), jnp.array([0.3, 0.5])
     vel_x = speed * jnp.cos(yaw) if vel_x0 is None else jnp.stack([vel_x0, 0.0])
     return dt.Trajectory(
-        x=jnp.zeros(2), y=jnp.zeros(2), z=jnp.zeros(2), yaw=yaw, vel_x=vel_x,
-        vel_y=speed * jnp.sin(yaw), length=jnp.full(2, 4.5), width=jnp.full(2, 2.0),
-        height=jnp.ones(2), timestamp_micros=jnp.zeros(2, jnp.int32), valid=jnp.ones(2, bool),
+        x=jnp.zeros(2),
+        y=jnp.zeros(2),
+        z=jnp.zeros(2),
+        yaw=yaw,
+        vel_x=vel_x,
+        vel_y=speed * jnp.sin(yaw),
+        length=jnp.full(2, 4.5),
+        width=jnp.full(2, 2.0),
+        height=jnp.ones(2),
+        timestamp_micros=jnp.zeros(2, jnp.int32),
+        valid=jnp.ones(2, bool),
     )
 
 
@@ -214,7 +238,9 @@ def _consistent_log(num_steps: int, seed: int) -> dt.Trajectory:
     return jax.tree.map(lambda *xs: jnp.stack(xs, axis=-1), *steps)
 
 
-@pytest.mark.parametrize("name", ["bicycle", "smooth_bicycle", "delta_global", "delta_local", "state"])
+@pytest.mark.parametrize(
+    "name", ["bicycle", "smooth_bicycle", "delta_global", "delta_local", "state"]
+)
 def test_inverse_then_forward_recovers_a_consistent_log(name):
     log = _consistent_log(12, seed=3)
     model = dynamics.make_dynamics(name)
@@ -231,7 +257,9 @@ def test_inverse_then_forward_recovers_a_consistent_log(name):
 
 
 @pytest.mark.parametrize("batch", [(), (2, 1)])
-@pytest.mark.parametrize("name", ["bicycle", "smooth_bicycle", "delta_global", "delta_local", "state"])
+@pytest.mark.parametrize(
+    "name", ["bicycle", "smooth_bicycle", "delta_global", "delta_local", "state"]
+)
 def test_dynamics_work_at_any_batch_shape(name, batch):
     model = dynamics.make_dynamics(name)
     cur = _single(5.0, 1.0, yaw=0.2, batch=batch)
@@ -263,9 +291,13 @@ def test_smooth_bicycle_gradients_are_finite_at_edge_cases(speed, yaw, accel, cu
         cur = _single(vx, vy, yaw=yaw_)
         act = dt.Action(data=jnp.stack([a, k])[None], valid=jnp.ones((1, 1), bool))
         u = model.compute_update(act, cur)
-        inv = model.inverse_step(cur, cur.replace(x=u.x, y=u.y, yaw=u.yaw, vel_x=u.vel_x, vel_y=u.vel_y))
+        inv = model.inverse_step(
+            cur, cur.replace(x=u.x, y=u.y, yaw=u.yaw, vel_x=u.vel_x, vel_y=u.vel_y)
+        )
         return jnp.sum(u.x + u.y + u.yaw + u.vel_x + u.vel_y) + jnp.sum(inv.data)
 
-    args = jnp.asarray([speed * np.cos(yaw), speed * np.sin(yaw), yaw, accel, curvature], jnp.float32)
+    args = jnp.asarray(
+        [speed * np.cos(yaw), speed * np.sin(yaw), yaw, accel, curvature], jnp.float32
+    )
     grad = jax.grad(loss)(args)
     assert np.all(np.isfinite(grad)), grad

@@ -24,8 +24,11 @@ def _straight_road(half_width, x_min, x_max, step=0.5):
     return dt.RoadgraphPoints(
         x=jnp.concatenate([xs, xs[::-1]]),
         y=jnp.concatenate([jnp.full(m, -half_width), jnp.full(m, half_width)]),
-        z=jnp.zeros(2 * m), dir_x=jnp.concatenate([jnp.ones(m), -jnp.ones(m)]),
-        dir_y=jnp.zeros(2 * m), dir_z=jnp.zeros(2 * m), types=jnp.full(2 * m, 15, jnp.int32),
+        z=jnp.zeros(2 * m),
+        dir_x=jnp.concatenate([jnp.ones(m), -jnp.ones(m)]),
+        dir_y=jnp.zeros(2 * m),
+        dir_z=jnp.zeros(2 * m),
+        types=jnp.full(2 * m, 15, jnp.int32),
         ids=jnp.concatenate([jnp.zeros(m, jnp.int32), jnp.ones(m, jnp.int32)]),
         valid=jnp.ones(2 * m, bool),
     )
@@ -35,17 +38,24 @@ def _golden_env_state(section) -> dt.SimulatorState:
     log = golden_utils.trajectory(section["log"])
     n, t = log.x.shape
     meta = dt.ObjectMetadata(
-        ids=jnp.arange(n, dtype=jnp.int32), object_types=jnp.ones(n, jnp.int32),
-        is_sdc=jnp.arange(n) == 0, is_modeled=jnp.zeros(n, bool), is_valid=jnp.ones(n, bool),
-        objects_of_interest=jnp.zeros(n, bool), is_controlled=jnp.zeros(n, bool),
+        ids=jnp.arange(n, dtype=jnp.int32),
+        object_types=jnp.ones(n, jnp.int32),
+        is_sdc=jnp.arange(n) == 0,
+        is_modeled=jnp.zeros(n, bool),
+        is_valid=jnp.ones(n, bool),
+        objects_of_interest=jnp.zeros(n, bool),
+        is_controlled=jnp.zeros(n, bool),
     )
     # The golden file keeps only the size of its roadgraph; this stand-in has the same
     # offroad outcome (object 3 at y = 8 is off the road, the others on it).
     rg = _straight_road(half_width=6.0, x_min=-30.0, x_max=30.0)
     return dt.SimulatorState(
-        sim_trajectory=dt.initial_sim_trajectory(log), log_trajectory=log,
-        log_traffic_light=dt.TrafficLights.zeros((16, t)).fill_invalid(), object_metadata=meta,
-        timestep=jnp.zeros((), jnp.int32), roadgraph_points=rg,
+        sim_trajectory=dt.initial_sim_trajectory(log),
+        log_trajectory=log,
+        log_traffic_light=dt.TrafficLights.zeros((16, t)).fill_invalid(),
+        object_metadata=meta,
+        timestep=jnp.zeros((), jnp.int32),
+        roadgraph_points=rg,
     )
 
 
@@ -53,10 +63,14 @@ def _golden_env_state(section) -> dt.SimulatorState:
 @pytest.mark.parametrize("inject", [True, False])
 def test_environment_steps_match_waymax(golden, planning, inject):
     section = golden["env"]
-    name = ("PlanningAgentEnvironment" if planning else "MultiAgentEnvironment") + f"_inject_{inject}"
+    name = (
+        "PlanningAgentEnvironment" if planning else "MultiAgentEnvironment"
+    ) + f"_inject_{inject}"
     expected = section[name]
     config = env.EnvironmentConfig(
-        init_steps=3, allow_new_objects_after_warmup=inject, rewards=REWARDS,
+        init_steps=3,
+        allow_new_objects_after_warmup=inject,
+        rewards=REWARDS,
         metrics=("log_divergence", "overlap", "offroad", "kinematic_infeasibility"),
     )
     cls = env.PlanningAgentEnvironment if planning else env.MultiAgentEnvironment
@@ -65,7 +79,9 @@ def test_environment_steps_match_waymax(golden, planning, inject):
     reset = expected["after_reset"]
     assert int(state.timestep) == reset["timestep"]
     assert int(state.remaining_timesteps) == reset["remaining_timesteps"]
-    np.testing.assert_array_equal(state.sim_trajectory.valid, golden_array(reset["sim_valid"], bool))
+    np.testing.assert_array_equal(
+        state.sim_trajectory.valid, golden_array(reset["sim_valid"], bool)
+    )
     np.testing.assert_allclose(state.sim_trajectory.x, golden_array(reset["sim_x"]))
     n = state.num_objects
     for step in expected["steps"]:
@@ -119,7 +135,9 @@ def test_planning_env_gradient_matches_waymax(golden):
 
 
 def _real_state(index: int) -> dt.SimulatorState:
-    name = ("conformance/waymax_decoded_tf_example.npz", "data/womd/waymax_state/scenario_50.npz")[index]
+    name = ("conformance/waymax_decoded_tf_example.npz", "data/womd/waymax_state/scenario_50.npz")[
+        index
+    ]
     path = SHARED / name
     if not path.exists():
         pytest.skip(f"{path} not found: the real scenarios live in ../shared")
@@ -140,7 +158,9 @@ def test_expert_replay_on_real_scenarios_matches_waymax(golden, index):
     # Waymax's record at step t is the state after the t-th action (index 1.. of our output).
     for name in metrics:
         got = np.asarray(out.metrics[name].value)[1:]
-        np.testing.assert_allclose(got, [s[name] for s in steps], rtol=1e-4, atol=2e-4, err_msg=name)
+        np.testing.assert_allclose(
+            got, [s[name] for s in steps], rtol=1e-4, atol=2e-4, err_msg=name
+        )
     np.testing.assert_allclose(
         np.asarray(out.actions.data).T, [s["sdc_action"] for s in steps], rtol=1e-4, atol=1e-4
     )
@@ -155,8 +175,10 @@ def test_expert_replay_on_real_scenarios_matches_waymax(golden, index):
     out = jax.jit(lambda s: multi.rollout(s, env.expert_actor(model), 80))(state)
     # The fast option leaves every valid object's offroad value exact.
     fast_env = env.MultiAgentEnvironment(
-        model, env.EnvironmentConfig(controlled_object="valid", metrics=("offroad",),
-                                     offroad_exact_for_invalid=False)
+        model,
+        env.EnvironmentConfig(
+            controlled_object="valid", metrics=("offroad",), offroad_exact_for_invalid=False
+        ),
     )
     fast = jax.jit(lambda s: fast_env.rollout(s, env.expert_actor(model), 80))(state)
     valid_objects = np.asarray(out.trajectory.valid)
@@ -210,12 +232,16 @@ def _tiny_state(batch=()) -> dt.SimulatorState:
     n, t = 3, 9
     steps = jnp.arange(t, dtype=jnp.float32)
     x = jnp.stack([steps * 1.0, 10 + steps * 0.5, -5 + 0 * steps])
-    full = lambda a: jnp.broadcast_to(a, (*batch, n, t)).astype(a.dtype)  # noqa: E731
+    full = lambda a: jnp.broadcast_to(a, (*batch, n, t)).astype(a.dtype)
     log = dt.Trajectory(
-        x=full(x), y=full(jnp.stack([0 * steps, 0 * steps + 4, 0 * steps - 4])),
-        z=full(jnp.zeros((n, t))), yaw=full(jnp.zeros((n, t))),
-        vel_x=full(jnp.stack([10 + 0 * steps, 5 + 0 * steps, 0 * steps])), vel_y=full(jnp.zeros((n, t))),
-        length=full(jnp.full((n, t), 4.5)), width=full(jnp.full((n, t), 2.0)),
+        x=full(x),
+        y=full(jnp.stack([0 * steps, 0 * steps + 4, 0 * steps - 4])),
+        z=full(jnp.zeros((n, t))),
+        yaw=full(jnp.zeros((n, t))),
+        vel_x=full(jnp.stack([10 + 0 * steps, 5 + 0 * steps, 0 * steps])),
+        vel_y=full(jnp.zeros((n, t))),
+        length=full(jnp.full((n, t), 4.5)),
+        width=full(jnp.full((n, t), 2.0)),
         height=full(jnp.ones((n, t))),
         timestamp_micros=full(jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) * 100_000, (n, t))),
         valid=full(jnp.ones((n, t), bool)),
@@ -226,19 +252,27 @@ def _tiny_state(batch=()) -> dt.SimulatorState:
     )
     xs = jnp.linspace(-20, 40, 61)
     rg = dt.RoadgraphPoints(
-        x=jnp.concatenate([xs, xs[::-1]]), y=jnp.concatenate([jnp.full(61, -8.0), jnp.full(61, 8.0)]),
-        z=jnp.zeros(122), dir_x=jnp.concatenate([jnp.ones(61), -jnp.ones(61)]), dir_y=jnp.zeros(122),
-        dir_z=jnp.zeros(122), types=jnp.full(122, 15, jnp.int32),
+        x=jnp.concatenate([xs, xs[::-1]]),
+        y=jnp.concatenate([jnp.full(61, -8.0), jnp.full(61, 8.0)]),
+        z=jnp.zeros(122),
+        dir_x=jnp.concatenate([jnp.ones(61), -jnp.ones(61)]),
+        dir_y=jnp.zeros(122),
+        dir_z=jnp.zeros(122),
+        types=jnp.full(122, 15, jnp.int32),
         ids=jnp.concatenate([jnp.zeros(61, jnp.int32), jnp.ones(61, jnp.int32)]),
         valid=jnp.ones(122, bool),
     )
     rg = jax.tree.map(lambda a: jnp.broadcast_to(a, (*batch, 122)), rg)
     return dt.SimulatorState(
-        sim_trajectory=dt.initial_sim_trajectory(log), log_trajectory=log,
+        sim_trajectory=dt.initial_sim_trajectory(log),
+        log_trajectory=log,
         log_traffic_light=jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (*batch, 16, t)), dt.TrafficLights.zeros((16, t)).fill_invalid()
+            lambda a: jnp.broadcast_to(a, (*batch, 16, t)),
+            dt.TrafficLights.zeros((16, t)).fill_invalid(),
         ),
-        object_metadata=meta, timestep=jnp.zeros(batch, jnp.int32), roadgraph_points=rg,
+        object_metadata=meta,
+        timestep=jnp.zeros(batch, jnp.int32),
+        roadgraph_points=rg,
     )
 
 
@@ -247,9 +281,13 @@ def _tiny_state(batch=()) -> dt.SimulatorState:
 def test_environments_run_at_any_batch_shape(batch, planning):
     model = dynamics.InvertibleBicycleModel()
     config = env.EnvironmentConfig(init_steps=3, metrics=("log_divergence", "overlap", "offroad"))
-    environment = (env.PlanningAgentEnvironment if planning else env.MultiAgentEnvironment)(model, config)
+    environment = (env.PlanningAgentEnvironment if planning else env.MultiAgentEnvironment)(
+        model, config
+    )
     state = environment.reset(dt.validate(_tiny_state(batch)))
-    out = jax.jit(lambda s: environment.rollout(s, env.expert_actor(model, sdc_only=planning), 5))(state)
+    out = jax.jit(lambda s: environment.rollout(s, env.expert_actor(model, sdc_only=planning), 5))(
+        state
+    )
     per_object = () if planning else (3,)
     assert out.metrics["log_divergence"].value.shape == (*batch, *per_object, 6)
     assert out.trajectory.x.shape == (*batch, 3, 6)
@@ -266,8 +304,14 @@ def test_rollout_gradient_is_finite_with_the_smooth_bicycle_from_rest():
     start = environment.reset(state)
 
     def loss(actions):
-        out = environment.rollout(start, env.fixed_actions_actor(actions), 5, actor_state=0,
-                                  metric_names=("log_divergence",), with_rewards=False)
+        out = environment.rollout(
+            start,
+            env.fixed_actions_actor(actions),
+            5,
+            actor_state=0,
+            metric_names=("log_divergence",),
+            with_rewards=False,
+        )
         return jnp.sum(out.trajectory.x[0] ** 2 + out.trajectory.y[0] ** 2)
 
     grad = jax.grad(loss)(jnp.zeros((5, 2)))
@@ -276,10 +320,16 @@ def test_rollout_gradient_is_finite_with_the_smooth_bicycle_from_rest():
 
 def test_bad_states_raise_named_errors():
     state = _tiny_state()
-    bad = state.replace(log_trajectory=state.log_trajectory.replace(x=state.log_trajectory.x[:, :5]))
-    with pytest.raises(ValueError, match=r"log_trajectory\.x: expected shape \(3, 9\), got \(3, 5\)"):
+    bad = state.replace(
+        log_trajectory=state.log_trajectory.replace(x=state.log_trajectory.x[:, :5])
+    )
+    with pytest.raises(
+        ValueError, match=r"log_trajectory\.x: expected shape \(3, 9\), got \(3, 5\)"
+    ):
         dt.validate(bad)
-    nan = state.replace(log_trajectory=state.log_trajectory.replace(y=state.log_trajectory.y.at[1, 2].set(jnp.nan)))
+    nan = state.replace(
+        log_trajectory=state.log_trajectory.replace(y=state.log_trajectory.y.at[1, 2].set(jnp.nan))
+    )
     with pytest.raises(ValueError, match=r"log_trajectory\.y: NaN at index \(1, 2\)"):
         dt.validate(nan)
     batched = _tiny_state((2,))
@@ -287,4 +337,6 @@ def test_bad_states_raise_named_errors():
     with pytest.raises(ValueError, match=r"roadgraph_points\.x: expected shape \(2, 122\)"):
         dt.validate(mixed)
     with pytest.raises(ValueError, match="PlanningAgentEnvironment requires"):
-        env.PlanningAgentEnvironment(dynamics.InvertibleBicycleModel(), env.EnvironmentConfig(controlled_object="valid"))
+        env.PlanningAgentEnvironment(
+            dynamics.InvertibleBicycleModel(), env.EnvironmentConfig(controlled_object="valid")
+        )

@@ -83,8 +83,12 @@ def test_route_metrics_match_waymax(golden):
     p = section["paths"]
     x = golden_array(p["x"])
     paths = dt.Paths(
-        x=x, y=golden_array(p["y"]), z=np.zeros_like(x), arc_length=golden_array(p["arc_length"]),
-        ids=np.zeros(x.shape, np.int32), valid=golden_array(p["valid"], bool),
+        x=x,
+        y=golden_array(p["y"]),
+        z=np.zeros_like(x),
+        arc_length=golden_array(p["arc_length"]),
+        ids=np.zeros(x.shape, np.int32),
+        valid=golden_array(p["valid"], bool),
         on_route=golden_array(p["on_route"], bool),
     )
     log_x = section["log_sdc_x"]
@@ -92,15 +96,22 @@ def test_route_metrics_match_waymax(golden):
     end = jnp.array([log_x[-1], 0.0])
     for case in section["cases"]:
         xy = jnp.asarray(case["sdc_xy"], jnp.float32)
-        assert float(metrics.sdc_wrongway(xy, paths).value) == pytest.approx(case["sdc_wrongway"], abs=1e-5)
-        assert float(metrics.sdc_off_route(xy, paths).value) == pytest.approx(case["sdc_off_route"], abs=1e-5)
+        assert float(metrics.sdc_wrongway(xy, paths).value) == pytest.approx(
+            case["sdc_wrongway"], abs=1e-5
+        )
+        assert float(metrics.sdc_off_route(xy, paths).value) == pytest.approx(
+            case["sdc_off_route"], abs=1e-5
+        )
         prog = metrics.sdc_progression(xy, jnp.array(True), start, end, paths)
         assert float(prog.value) == pytest.approx(case["sdc_progression"], abs=1e-5), case["name"]
 
 
 def _real_states():
     out = []
-    for name in ("conformance/waymax_decoded_tf_example.npz", "data/womd/waymax_state/scenario_50.npz"):
+    for name in (
+        "conformance/waymax_decoded_tf_example.npz",
+        "data/womd/waymax_state/scenario_50.npz",
+    ):
         path = SHARED / name
         if not path.exists():
             pytest.skip(f"{path} not found: the real scenarios live in ../shared")
@@ -146,16 +157,25 @@ def test_offroad_index_equals_brute_force_on_perturbed_real_boxes():
             yaw=log.yaw + 0.3 * i,
         )
         valid = np.asarray(moved.valid)
-        np.testing.assert_array_equal(np.asarray(fast(moved))[valid], np.asarray(exact(moved))[valid])
+        np.testing.assert_array_equal(
+            np.asarray(fast(moved))[valid], np.asarray(exact(moved))[valid]
+        )
 
 
 def _boxes(x, y, yaw, length=4.0, width=2.0):
     x = jnp.asarray(x, jnp.float32)
     return dt.Trajectory(
-        x=x, y=jnp.asarray(y, jnp.float32), z=jnp.zeros_like(x), yaw=jnp.asarray(yaw, jnp.float32),
-        vel_x=jnp.zeros_like(x), vel_y=jnp.zeros_like(x), length=jnp.full_like(x, length),
-        width=jnp.full_like(x, width), height=jnp.ones_like(x),
-        timestamp_micros=jnp.zeros(x.shape, jnp.int32), valid=jnp.ones(x.shape, bool),
+        x=x,
+        y=jnp.asarray(y, jnp.float32),
+        z=jnp.zeros_like(x),
+        yaw=jnp.asarray(yaw, jnp.float32),
+        vel_x=jnp.zeros_like(x),
+        vel_y=jnp.zeros_like(x),
+        length=jnp.full_like(x, length),
+        width=jnp.full_like(x, width),
+        height=jnp.ones_like(x),
+        timestamp_micros=jnp.zeros(x.shape, jnp.int32),
+        valid=jnp.ones(x.shape, bool),
     )
 
 
@@ -177,16 +197,26 @@ def test_gaussian_overlap_hand_checked_value():
 def test_differentiable_costs_have_finite_gradients_at_edge_cases(dx, yaw, speed):
     rg_x = jnp.linspace(-20, 20, 81)
     rg = dt.RoadgraphPoints(
-        x=jnp.concatenate([rg_x, rg_x[::-1]]), y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
-        z=jnp.zeros(162), dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]), dir_y=jnp.zeros(162),
-        dir_z=jnp.zeros(162), types=jnp.full(162, 15, jnp.int32),
-        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]), valid=jnp.ones(162, bool),
+        x=jnp.concatenate([rg_x, rg_x[::-1]]),
+        y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
+        z=jnp.zeros(162),
+        dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]),
+        dir_y=jnp.zeros(162),
+        dir_z=jnp.zeros(162),
+        types=jnp.full(162, 15, jnp.int32),
+        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]),
+        valid=jnp.ones(162, bool),
     )
 
     def loss(p):
-        boxes = _boxes(jnp.stack([p[0], p[0] + dx]), jnp.stack([p[1], p[1]]), jnp.stack([p[2], p[2]]))
+        boxes = _boxes(
+            jnp.stack([p[0], p[0] + dx]), jnp.stack([p[1], p[1]]), jnp.stack([p[2], p[2]])
+        )
         boxes = boxes.replace(vel_x=jnp.full(2, speed))
-        return (metrics.gaussian_overlap(boxes).value.sum() + metrics.smooth_offroad_cost(boxes, rg).value.sum())
+        return (
+            metrics.gaussian_overlap(boxes).value.sum()
+            + metrics.smooth_offroad_cost(boxes, rg).value.sum()
+        )
 
     grad = jax.grad(loss)(jnp.array([0.0, 0.0, yaw]))
     assert np.all(np.isfinite(grad))
@@ -195,12 +225,17 @@ def test_differentiable_costs_have_finite_gradients_at_edge_cases(dx, yaw, speed
 def test_smooth_offroad_cost_grows_off_the_road_and_points_back():
     rg_x = jnp.linspace(-20, 20, 81)
     rg = dt.RoadgraphPoints(
-        x=jnp.concatenate([rg_x, rg_x[::-1]]), y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
-        z=jnp.zeros(162), dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]), dir_y=jnp.zeros(162),
-        dir_z=jnp.zeros(162), types=jnp.full(162, 15, jnp.int32),
-        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]), valid=jnp.ones(162, bool),
+        x=jnp.concatenate([rg_x, rg_x[::-1]]),
+        y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
+        z=jnp.zeros(162),
+        dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]),
+        dir_y=jnp.zeros(162),
+        dir_z=jnp.zeros(162),
+        types=jnp.full(162, 15, jnp.int32),
+        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]),
+        valid=jnp.ones(162, bool),
     )
-    cost = lambda y: metrics.smooth_offroad_cost(_boxes([0.0], [y], [0.0]), rg).value[0]  # noqa: E731
+    cost = lambda y: metrics.smooth_offroad_cost(_boxes([0.0], [y], [0.0]), rg).value[0]
     assert float(cost(0.0)) < 0.05 < float(cost(6.0)) < float(cost(8.0))
     assert float(jax.grad(cost)(7.0)) > 0  # moving further off the road costs more
     assert float(metrics.offroad(_boxes([0.0], [7.0], [0.0]), rg).value[0]) == 1.0

@@ -56,7 +56,9 @@ def iter_fields(buf: bytes | memoryview) -> Iterator[tuple[int, int, object]]:
         elif wire == LENGTH_DELIMITED:
             size, pos = read_varint(buf, pos)
             if pos + size > end:
-                raise WireError(f"length-delimited field {field} overruns the message at byte {pos}")
+                raise WireError(
+                    f"length-delimited field {field} overruns the message at byte {pos}"
+                )
             value = buf[pos : pos + size]
             pos += size
         elif wire == FIXED32:
@@ -141,3 +143,62 @@ def encode_bytes_field(field: int, payload: bytes) -> bytes:
 
 def encode_varint_field(field: int, value: int) -> bytes:
     return encode_key(field, VARINT) + encode_varint(value)
+
+
+# ------------------------------------------------------------------ vectorised (numpy)
+
+
+def packed_varints_array(buf: bytes | memoryview) -> np.ndarray:
+    """Decodes a packed repeated varint field into an int64 array, vectorised.
+
+    Same result as :func:`packed_varints` (values are truncated to 64 bits and read as
+    two's complement, so ``-1`` written as a 10-byte varint comes back as ``-1``), but
+    without a Python loop per value.
+
+    Raises:
+      WireError: the last varint is cut off, or one is longer than 10 bytes.
+    """
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if raw.size == 0:
+        return np.zeros(0, np.int64)
+    if raw[-1] & 0x80:
+        raise WireError(f"truncated varint at the end of a {raw.size}-byte packed field")
+    is_last = raw < 0x80
+    if is_last.all():  # every value fits in one byte: the common case for flags and types
+        return raw.astype(np.int64)
+    ends = np.flatnonzero(is_last)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > 10:
+        bad = int(starts[np.argmax(lengths > 10)])
+        raise WireError(f"varint longer than 10 bytes at byte {bad} of a packed field")
+    position_in_value = np.arange(raw.size) - np.repeat(starts, lengths)
+    shifts = (7 * position_in_value).astype(np.uint64)
+    # Groups occupy disjoint bit ranges, so adding them equals OR-ing them; bits shifted
+    # past bit 63 are dropped, as protobuf does.
+    groups = (raw & 0x7F).astype(np.uint64) << shifts
+    return np.add.reduceat(groups, starts).view(np.int64)
+
+
+def encode_packed_varints_array(values: np.ndarray) -> bytes:
+    """Encodes integers as concatenated varints (the payload of a packed field).
+
+    Negative values are written as 10-byte two's-complement varints, as protobuf does for
+    ``int64``.
+    """
+    unsigned = np.ascontiguousarray(values, dtype=np.int64).ravel().view(np.uint64)
+    if unsigned.size == 0:
+        return b""
+    if (unsigned < 0x80).all():
+        return unsigned.astype(np.uint8).tobytes()
+    shifts = np.arange(10, dtype=np.uint64) * np.uint64(7)
+    groups = ((unsigned[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)  # (n, 10)
+    # A value needs one more byte for each 7-bit boundary it reaches: 1 to 10 bytes.
+    num_bytes = 1 + sum(
+        (unsigned >= np.uint64(1 << (7 * k))).astype(np.int64) for k in range(1, 10)
+    )
+    byte_index = np.arange(10)[None, :]
+    groups[byte_index < (num_bytes[:, None] - 1)] |= 0x80  # continuation bits
+    return groups[byte_index < num_bytes[:, None]].tobytes()

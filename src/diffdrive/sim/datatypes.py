@@ -462,8 +462,9 @@ def take_time(a: Array, t: Array | int) -> Array:
     t = jnp.asarray(t, jnp.int32)
     if t.ndim == 0:
         return jax.lax.dynamic_index_in_dim(a, t, axis=-1, keepdims=False)
-    idx = jnp.broadcast_to(t.reshape(t.shape + (1,) * (a.ndim - 1 - t.ndim) + (1,)),
-                           a.shape[:-1] + (1,))
+    idx = jnp.broadcast_to(
+        t.reshape(t.shape + (1,) * (a.ndim - 1 - t.ndim) + (1,)), a.shape[:-1] + (1,)
+    )
     return jnp.take_along_axis(a, idx, axis=-1)[..., 0]
 
 
@@ -543,9 +544,7 @@ def _check_fields(obj: _ArrayTree, name: str, expected_shape: tuple[int, ...]) -
             else:
                 want = expected_shape
             if shape != want:
-                raise ValueError(
-                    f"{name}.{field}: expected shape {want}, got {shape}"
-                )
+                raise ValueError(f"{name}.{field}: expected shape {want}, got {shape}")
             dt = np.dtype(getattr(arr, "dtype", np.asarray(arr).dtype))
             if dt.kind != _DTYPE_KIND[kind]:
                 raise ValueError(f"{name}.{field}: expected a {kind} array, got dtype {dt}")

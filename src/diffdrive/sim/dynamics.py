@@ -328,7 +328,11 @@ class DeltaGlobal(DynamicsModel):
         return 3
 
     def action_spec(self):
-        return (-self.max_dx, -self.max_dy, -self.max_dyaw), (self.max_dx, self.max_dy, self.max_dyaw)
+        return (-self.max_dx, -self.max_dy, -self.max_dyaw), (
+            self.max_dx,
+            self.max_dy,
+            self.max_dyaw,
+        )
 
     def _apply_global(self, dx, dy, dyaw, current: Trajectory, valid) -> TrajectoryUpdate:
         return TrajectoryUpdate(

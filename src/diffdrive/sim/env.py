@@ -153,7 +153,9 @@ class MultiAgentEnvironment:
 
     # ---------------------------------------------------------------- masks and reset
 
-    def control_mask(self, metadata: ObjectMetadata, sim_trajectory: Trajectory | None = None) -> Array:
+    def control_mask(
+        self, metadata: ObjectMetadata, sim_trajectory: Trajectory | None = None
+    ) -> Array:
         """``(..., N)`` bool: which objects this environment controls."""
         if self.controlled is ControlledObject.SDC:
             return metadata.is_sdc
@@ -161,7 +163,9 @@ class MultiAgentEnvironment:
             return metadata.is_modeled
         if not self.config.allow_new_objects_after_warmup:
             if sim_trajectory is None:
-                raise ValueError("control_mask: 'valid' control without injection needs the sim trajectory")
+                raise ValueError(
+                    "control_mask: 'valid' control without injection needs the sim trajectory"
+                )
             return sim_trajectory.valid[..., self.config.init_steps - 1]
         return metadata.is_valid
 
@@ -291,7 +295,10 @@ class MultiAgentEnvironment:
                 # Objects parked at fill values keep their exact value instead of forcing the
                 # offroad fallback at every step.
                 per_object["offroad"], cache = metrics_lib.offroad_cached(
-                    view.current, view.roadgraph, view.road_edge_index, cache,
+                    view.current,
+                    view.roadgraph,
+                    view.road_edge_index,
+                    cache,
                     self.config.index_config.fallback_queries,
                     self.config.offroad_exact_for_invalid,
                 )
@@ -350,7 +357,9 @@ class MultiAgentEnvironment:
         start = state.timestep
         steps = output.trajectory.num_timesteps
         sim = jax.tree.map(
-            lambda full, hist: jax.lax.dynamic_update_slice_in_dim(full, hist.astype(full.dtype), start, -1),
+            lambda full, hist: jax.lax.dynamic_update_slice_in_dim(
+                full, hist.astype(full.dtype), start, -1
+            ),
             state.sim_trajectory,
             output.trajectory,
         )
@@ -373,7 +382,9 @@ class PlanningAgentEnvironment(MultiAgentEnvironment):
     def _step_view(self, view: StepView, action: Action, mask: Array) -> Trajectory:
         n = view.current.x.shape[-1]
         tiled = Action(
-            data=jnp.broadcast_to(action.data[..., None, :], action.data.shape[:-1] + (n, action.data.shape[-1])),
+            data=jnp.broadcast_to(
+                action.data[..., None, :], action.data.shape[:-1] + (n, action.data.shape[-1])
+            ),
             valid=jnp.broadcast_to(action.valid[..., None, :], action.valid.shape[:-1] + (n, 1)),
         )
         update = self.dynamics.compute_update(tiled, view.current)

@@ -178,8 +178,12 @@ def signed_distance_to_road_edge(points: Array, roadgraph: RoadgraphPoints) -> A
     """
     qx, qy, qz = points[..., 0], points[..., 1], points[..., 2]
     d2 = _sq_dist(
-        qx[..., :, None], qy[..., :, None], qz[..., :, None],
-        roadgraph.x[..., None, :], roadgraph.y[..., None, :], roadgraph.z[..., None, :],
+        qx[..., :, None],
+        qy[..., :, None],
+        qz[..., :, None],
+        roadgraph.x[..., None, :],
+        roadgraph.y[..., None, :],
+        roadgraph.z[..., None, :],
     )
     candidate = roadgraph.valid & is_road_edge(roadgraph.types)
     d2 = jnp.where(candidate[..., None, :], d2, jnp.inf)
@@ -250,9 +254,15 @@ def _build_index_numpy(x, y, z, types, valid, config: RoadEdgeIndexConfig):
     if len(edge) == 0:
         # No road edge: Waymax then measures against roadgraph index 0 for every query.
         cells = np.zeros((g * g, k), np.int32)
-        return (np.zeros(2, np.float32), np.float32(1.0), cells,
-                np.full(g * g, np.inf, np.float32), edge_ids, overflow,
-                np.zeros(2, np.float32))
+        return (
+            np.zeros(2, np.float32),
+            np.float32(1.0),
+            cells,
+            np.full(g * g, np.inf, np.float32),
+            edge_ids,
+            overflow,
+            np.zeros(2, np.float32),
+        )
     ex, ey = x[edge].astype(np.float64), y[edge].astype(np.float64)
     lo = np.array([ex.min(), ey.min()]) - config.margin
     hi = np.array([ex.max(), ey.max()]) + config.margin
@@ -296,8 +306,14 @@ def build_road_edge_index(
     )
 
     def host(x, y, z, types, valid):
-        out = _build_index_numpy(np.asarray(x), np.asarray(y), np.asarray(z), np.asarray(types),
-                                 np.asarray(valid), config)
+        out = _build_index_numpy(
+            np.asarray(x),
+            np.asarray(y),
+            np.asarray(z),
+            np.asarray(types),
+            np.asarray(valid),
+            config,
+        )
         cells = out[2]
         if cells.shape[-1] < k:  # fewer edge samples than K: repeat the first
             pad = np.repeat(cells[..., :1], k - cells.shape[-1], -1)
@@ -307,13 +323,21 @@ def build_road_edge_index(
     def one(x, y, z, types, valid):
         return jax.pure_callback(host, shapes, x, y, z, types, valid)
 
-    flat = [a.reshape((-1, a.shape[-1])) for a in (roadgraph.x, roadgraph.y, roadgraph.z,
-                                                   roadgraph.types, roadgraph.valid)]
+    flat = [
+        a.reshape((-1, a.shape[-1]))
+        for a in (roadgraph.x, roadgraph.y, roadgraph.z, roadgraph.types, roadgraph.valid)
+    ]
     outs = jax.lax.map(lambda args: one(*args), flat)
     outs = [o.reshape(batch + o.shape[1:]) for o in outs]
     return RoadEdgeIndex(
-        origin=outs[0], cell_size=outs[1], cells=outs[2], excluded_radius=outs[3],
-        edge_ids=outs[4], overflow=outs[5], edge_z_range=outs[6], grid_size=g,
+        origin=outs[0],
+        cell_size=outs[1],
+        cells=outs[2],
+        excluded_radius=outs[3],
+        edge_ids=outs[4],
+        overflow=outs[5],
+        edge_z_range=outs[6],
+        grid_size=g,
     )
 
 
@@ -344,11 +368,18 @@ def _indexed_nearest(points: Array, roadgraph: RoadgraphPoints, index: RoadEdgeI
     reach = jnp.maximum(radius - jnp.sqrt((qx - mx) ** 2 + (qy - my) ** 2), 0.0)
     # The grid bounds xy only: add the least z term the edges' z range allows.
     z_gap = jnp.maximum(
-        jnp.maximum(index.edge_z_range[..., None, 0] - qz, qz - index.edge_z_range[..., None, 1]), 0.0
+        jnp.maximum(index.edge_z_range[..., None, 0] - qz, qz - index.edge_z_range[..., None, 1]),
+        0.0,
     )
     bound = reach**2 + (Z_STRETCH * z_gap) ** 2
-    d2 = _sq_dist(qx[..., None], qy[..., None], qz[..., None], _gather_last(roadgraph.x, cand),
-                  _gather_last(roadgraph.y, cand), _gather_last(roadgraph.z, cand))
+    d2 = _sq_dist(
+        qx[..., None],
+        qy[..., None],
+        qz[..., None],
+        _gather_last(roadgraph.x, cand),
+        _gather_last(roadgraph.y, cand),
+        _gather_last(roadgraph.z, cand),
+    )
     best = jnp.min(d2, axis=-1, keepdims=True)
     # Ties go to the lowest roadgraph index, as argmin over the full array does.
     big = jnp.iinfo(jnp.int32).max
@@ -360,10 +391,14 @@ def _indexed_nearest(points: Array, roadgraph: RoadgraphPoints, index: RoadEdgeI
 def _edge_list_nearest(points: Array, roadgraph: RoadgraphPoints, edge_ids: Array) -> Array:
     """Brute force over the compact road-edge list: points ``(..., F, 3)`` -> ``(..., F)``."""
     safe = jnp.maximum(edge_ids, 0)
-    d2 = _sq_dist(points[..., :, None, 0], points[..., :, None, 1], points[..., :, None, 2],
-                  _gather_last(roadgraph.x, safe)[..., None, :],
-                  _gather_last(roadgraph.y, safe)[..., None, :],
-                  _gather_last(roadgraph.z, safe)[..., None, :])
+    d2 = _sq_dist(
+        points[..., :, None, 0],
+        points[..., :, None, 1],
+        points[..., :, None, 2],
+        _gather_last(roadgraph.x, safe)[..., None, :],
+        _gather_last(roadgraph.y, safe)[..., None, :],
+        _gather_last(roadgraph.z, safe)[..., None, :],
+    )
     d2 = jnp.where((edge_ids >= 0)[..., None, :], d2, jnp.inf)
     return _gather_last(safe, jnp.argmin(d2, axis=-1))
 
@@ -377,7 +412,9 @@ class OffroadCache:
 
     @classmethod
     def empty(cls, shape) -> OffroadCache:
-        return cls(pose=jnp.full((*shape, 6), jnp.nan, jnp.float32), value=jnp.zeros(shape, jnp.float32))
+        return cls(
+            pose=jnp.full((*shape, 6), jnp.nan, jnp.float32), value=jnp.zeros(shape, jnp.float32)
+        )
 
 
 def _pose_key(current: Trajectory) -> Array:
@@ -486,8 +523,9 @@ def smooth_offroad_cost(
     """
     points = _corner_queries(current)
     qx, qy, qz = (points[..., i, None] for i in range(3))
-    d2 = _sq_dist(qx, qy, qz, roadgraph.x[..., None, :], roadgraph.y[..., None, :],
-                  roadgraph.z[..., None, :])
+    d2 = _sq_dist(
+        qx, qy, qz, roadgraph.x[..., None, :], roadgraph.y[..., None, :], roadgraph.z[..., None, :]
+    )
     candidate = (roadgraph.valid & is_road_edge(roadgraph.types))[..., None, :]
     logits = jnp.where(candidate, -d2 / temperature, -jnp.inf)
     any_edge = jnp.any(candidate, axis=-1, keepdims=True)

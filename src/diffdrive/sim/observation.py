@@ -51,7 +51,11 @@ class ObjectPose2D:
         ty = -(-s * xy[..., 0] + c * xy[..., 1])
         zero, one = jnp.zeros_like(c), jnp.ones_like(c)
         matrix = jnp.stack(
-            [jnp.stack([c, s, tx], -1), jnp.stack([-s, c, ty], -1), jnp.stack([zero, zero, one], -1)],
+            [
+                jnp.stack([c, s, tx], -1),
+                jnp.stack([-s, c, ty], -1),
+                jnp.stack([zero, zero, one], -1),
+            ],
             axis=-2,
         )
         valid = jnp.ones_like(c, bool) if valid is None else valid
@@ -62,8 +66,10 @@ class ObjectPose2D:
         m = self.matrix
         extra = x.ndim - m.ndim + 2
         m = m.reshape(m.shape[:-2] + (1,) * extra + (3, 3))
-        return (m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2],
-                m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2])
+        return (
+            m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2],
+            m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2],
+        )
 
     def rotate(self, vx: Array, vy: Array) -> tuple[Array, Array]:
         m = self.matrix
@@ -134,8 +140,8 @@ def sdc_observation_from_state(
     sdc_yaw = select_by_onehot(current.yaw, sdc)
     pose = ObjectPose2D.from_center_and_yaw(sdc_xy, sdc_yaw)
     rg = filter_topk_roadgraph_points(state.roadgraph_points, sdc_xy, roadgraph_top_k)
-    add_observer = lambda tree: jax.tree.map(lambda a: a[..., None, :], tree)  # noqa: E731
-    add_observer2 = lambda tree: jax.tree.map(lambda a: a[..., None, :, :], tree)  # noqa: E731
+    add_observer = lambda tree: jax.tree.map(lambda a: a[..., None, :], tree)
+    add_observer2 = lambda tree: jax.tree.map(lambda a: a[..., None, :, :], tree)
     return Observation(
         trajectory=add_observer2(transform_trajectory(traj, pose)),
         pose2d=ObjectPose2D(
@@ -211,10 +217,14 @@ def policy_features(
     others_valid = local.valid & ~sdc
     agents = jnp.stack(
         [
-            local.x / POSITION_SCALE, local.y / POSITION_SCALE,
-            jnp.cos(local.yaw), jnp.sin(local.yaw),
-            local.vel_x / SPEED_SCALE, local.vel_y / SPEED_SCALE,
-            local.length / 10.0, local.width / 10.0,
+            local.x / POSITION_SCALE,
+            local.y / POSITION_SCALE,
+            jnp.cos(local.yaw),
+            jnp.sin(local.yaw),
+            local.vel_x / SPEED_SCALE,
+            local.vel_y / SPEED_SCALE,
+            local.length / 10.0,
+            local.width / 10.0,
             others_valid.astype(jnp.float32),
         ],
         axis=-1,
@@ -239,20 +249,33 @@ def policy_features(
     road = jnp.where(rg.valid[..., None], road, 0.0)
 
     tl = transform_traffic_lights(traffic_lights.at(timestep), pose)
-    tl_state = jax.nn.one_hot(jnp.clip(tl.state, 0, NUM_TRAFFIC_LIGHT_STATES - 1), NUM_TRAFFIC_LIGHT_STATES)
+    tl_state = jax.nn.one_hot(
+        jnp.clip(tl.state, 0, NUM_TRAFFIC_LIGHT_STATES - 1), NUM_TRAFFIC_LIGHT_STATES
+    )
     lights = jnp.concatenate(
-        [jnp.stack([tl.x / POSITION_SCALE, tl.y / POSITION_SCALE], -1), tl_state,
-         tl.valid[..., None].astype(jnp.float32)],
+        [
+            jnp.stack([tl.x / POSITION_SCALE, tl.y / POSITION_SCALE], -1),
+            tl_state,
+            tl.valid[..., None].astype(jnp.float32),
+        ],
         axis=-1,
     )
     lights = jnp.where(tl.valid[..., None], lights, 0.0)
 
-    evx, evy = pose.rotate(select_by_onehot(current.vel_x, sdc), select_by_onehot(current.vel_y, sdc))
+    evx, evy = pose.rotate(
+        select_by_onehot(current.vel_x, sdc), select_by_onehot(current.vel_y, sdc)
+    )
     speed = jnp.sqrt(evx**2 + evy**2 + 1e-12)
     ego = jnp.stack([speed, evx, evy], -1) / SPEED_SCALE
 
     route = route_conditioning(log, sdc, timestep, pose, config)
-    return {"agents": agents, "roadgraph": road, "traffic_lights": lights, "ego": ego, "route": route}
+    return {
+        "agents": agents,
+        "roadgraph": road,
+        "traffic_lights": lights,
+        "ego": ego,
+        "route": route,
+    }
 
 
 def route_conditioning(
@@ -268,15 +291,17 @@ def route_conditioning(
     px, py = pose.apply_xy(lx, ly)
     if config.route == "waypoint":
         last = jnp.max(jnp.where(lvalid, steps, -1), axis=-1)
-        take = lambda a: jnp.take_along_axis(a, jnp.maximum(last, 0)[..., None], -1)[..., 0]  # noqa: E731
-        return jnp.where((last >= 0)[..., None], jnp.stack([take(px), take(py)], -1) / POSITION_SCALE, 0.0)
+        take = lambda a: jnp.take_along_axis(a, jnp.maximum(last, 0)[..., None], -1)[..., 0]
+        return jnp.where(
+            (last >= 0)[..., None], jnp.stack([take(px), take(py)], -1) / POSITION_SCALE, 0.0
+        )
     if config.route == "heading":
         ahead = (steps > timestep) & lvalid & (px**2 + py**2 >= config.heading_radius**2)
         first = jnp.argmax(ahead, axis=-1)
         found = jnp.any(ahead, axis=-1)
         last = jnp.max(jnp.where(lvalid, steps, 0), axis=-1)
         idx = jnp.where(found, first, last)
-        take = lambda a: jnp.take_along_axis(a, idx[..., None], -1)[..., 0]  # noqa: E731
+        take = lambda a: jnp.take_along_axis(a, idx[..., None], -1)[..., 0]
         vec = jnp.stack([take(px), take(py)], -1)
         norm = jnp.sqrt(jnp.sum(vec**2, -1, keepdims=True) + 1e-12)
         return jnp.where(norm > 1e-3, vec / norm, 0.0)
