@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from diffdrive.sim import datatypes as dt
@@ -37,4 +38,21 @@ def roadgraph(d: dict) -> dt.RoadgraphPoints:
         types=golden_array(d["types"], np.int32),
         ids=golden_array(d["ids"], np.int32),
         valid=golden_array(d["valid"], bool),
+    )
+
+
+def straight_road(half_width, x_min, x_max, step=0.5):
+    """Two boundary edges along x, oriented with the road on their left."""
+    xs = jnp.arange(x_min, x_max + step / 2, step, dtype=jnp.float32)
+    m = xs.shape[0]
+    return dt.RoadgraphPoints(
+        x=jnp.concatenate([xs, xs[::-1]]),
+        y=jnp.concatenate([jnp.full(m, -half_width), jnp.full(m, half_width)]),
+        z=jnp.zeros(2 * m),
+        dir_x=jnp.concatenate([jnp.ones(m), -jnp.ones(m)]),
+        dir_y=jnp.zeros(2 * m),
+        dir_z=jnp.zeros(2 * m),
+        types=jnp.full(2 * m, 15, jnp.int32),
+        ids=jnp.concatenate([jnp.zeros(m, jnp.int32), jnp.ones(m, jnp.int32)]),
+        valid=jnp.ones(2 * m, bool),
     )

@@ -17,23 +17,6 @@ REWARDS = (("log_divergence", -0.1), ("overlap", -1.0), ("offroad", -1.0))
 METRICS = ("log_divergence", "overlap", "offroad", "kinematic_infeasibility")
 
 
-def _straight_road(half_width, x_min, x_max, step=0.5):
-    """Two boundary edges along x, oriented with the road on their left."""
-    xs = jnp.arange(x_min, x_max + step / 2, step, dtype=jnp.float32)
-    m = xs.shape[0]
-    return dt.RoadgraphPoints(
-        x=jnp.concatenate([xs, xs[::-1]]),
-        y=jnp.concatenate([jnp.full(m, -half_width), jnp.full(m, half_width)]),
-        z=jnp.zeros(2 * m),
-        dir_x=jnp.concatenate([jnp.ones(m), -jnp.ones(m)]),
-        dir_y=jnp.zeros(2 * m),
-        dir_z=jnp.zeros(2 * m),
-        types=jnp.full(2 * m, 15, jnp.int32),
-        ids=jnp.concatenate([jnp.zeros(m, jnp.int32), jnp.ones(m, jnp.int32)]),
-        valid=jnp.ones(2 * m, bool),
-    )
-
-
 def _golden_env_state(section) -> dt.SimulatorState:
     log = golden_utils.trajectory(section["log"])
     n, t = log.x.shape
@@ -48,7 +31,7 @@ def _golden_env_state(section) -> dt.SimulatorState:
     )
     # The golden file keeps only the size of its roadgraph; this stand-in has the same
     # offroad outcome (object 3 at y = 8 is off the road, the others on it).
-    rg = _straight_road(half_width=6.0, x_min=-30.0, x_max=30.0)
+    rg = golden_utils.straight_road(half_width=6.0, x_min=-30.0, x_max=30.0)
     return dt.SimulatorState(
         sim_trajectory=dt.initial_sim_trajectory(log),
         log_trajectory=log,

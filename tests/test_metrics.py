@@ -195,18 +195,7 @@ def test_gaussian_overlap_hand_checked_value():
     speed=st.sampled_from([0.0, 2.0]),
 )
 def test_differentiable_costs_have_finite_gradients_at_edge_cases(dx, yaw, speed):
-    rg_x = jnp.linspace(-20, 20, 81)
-    rg = dt.RoadgraphPoints(
-        x=jnp.concatenate([rg_x, rg_x[::-1]]),
-        y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
-        z=jnp.zeros(162),
-        dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]),
-        dir_y=jnp.zeros(162),
-        dir_z=jnp.zeros(162),
-        types=jnp.full(162, 15, jnp.int32),
-        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]),
-        valid=jnp.ones(162, bool),
-    )
+    rg = golden_utils.straight_road(half_width=5.0, x_min=-20.0, x_max=20.0)
 
     def loss(p):
         boxes = _boxes(
@@ -223,18 +212,7 @@ def test_differentiable_costs_have_finite_gradients_at_edge_cases(dx, yaw, speed
 
 
 def test_smooth_offroad_cost_grows_off_the_road_and_points_back():
-    rg_x = jnp.linspace(-20, 20, 81)
-    rg = dt.RoadgraphPoints(
-        x=jnp.concatenate([rg_x, rg_x[::-1]]),
-        y=jnp.concatenate([jnp.full(81, -5.0), jnp.full(81, 5.0)]),
-        z=jnp.zeros(162),
-        dir_x=jnp.concatenate([jnp.ones(81), -jnp.ones(81)]),
-        dir_y=jnp.zeros(162),
-        dir_z=jnp.zeros(162),
-        types=jnp.full(162, 15, jnp.int32),
-        ids=jnp.concatenate([jnp.zeros(81, jnp.int32), jnp.ones(81, jnp.int32)]),
-        valid=jnp.ones(162, bool),
-    )
+    rg = golden_utils.straight_road(half_width=5.0, x_min=-20.0, x_max=20.0)
     cost = lambda y: metrics.smooth_offroad_cost(_boxes([0.0], [y], [0.0]), rg).value[0]
     assert float(cost(0.0)) < 0.05 < float(cost(6.0)) < float(cost(8.0))
     assert float(jax.grad(cost)(7.0)) > 0  # moving further off the road costs more

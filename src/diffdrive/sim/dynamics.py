@@ -239,13 +239,17 @@ class InvertibleBicycleModel(DynamicsModel):
         data = jnp.where(valid[..., None], data, 0.0)
         return Action(data=data, valid=valid[..., None])
 
+    def _clips(self) -> bool:
+        return True
+
     def inverse_step(self, current: Trajectory, following: Trajectory) -> Action:
         raw = self.raw_inverse_step(current, following)
         data = raw.data
         if self.normalize_actions:
             data = data / jnp.asarray([self.max_accel, self.max_steering], data.dtype)
-        low, high = self.action_spec()
-        data = jnp.clip(data, jnp.asarray(low, data.dtype), jnp.asarray(high, data.dtype))
+        if self._clips():
+            low, high = self.action_spec()
+            data = jnp.clip(data, jnp.asarray(low, data.dtype), jnp.asarray(high, data.dtype))
         return raw.replace(data=data)
 
 
@@ -299,15 +303,8 @@ class SmoothBicycleModel(InvertibleBicycleModel):
         data = jnp.where(valid[..., None], jnp.stack([accel, curvature], axis=-1), 0.0)
         return Action(data=data, valid=valid[..., None])
 
-    def inverse_step(self, current: Trajectory, following: Trajectory) -> Action:
-        raw = self.raw_inverse_step(current, following)
-        data = raw.data
-        if self.normalize_actions:
-            data = data / jnp.asarray([self.max_accel, self.max_steering], data.dtype)
-        if self.clip_actions:
-            low, high = self.action_spec()
-            data = jnp.clip(data, jnp.asarray(low, data.dtype), jnp.asarray(high, data.dtype))
-        return raw.replace(data=data)
+    def _clips(self) -> bool:
+        return self.clip_actions
 
 
 # --------------------------------------------------------------------------------------

@@ -427,6 +427,14 @@ class PlanningAgentEnvironment(MultiAgentEnvironment):
 # --------------------------------------------------------------------------------------
 
 
+def select_sdc_action(action: Action, is_sdc: Array) -> Action:
+    """The SDC's row of a per-object action: ``(..., N, dim)`` -> ``(..., dim)``."""
+    return Action(
+        data=jnp.sum(action.data * is_sdc[..., None], axis=-2),
+        valid=jnp.any(action.valid & is_sdc[..., None], axis=-2),
+    )
+
+
 def expert_actor(dynamics: DynamicsModel, sdc_only: bool = False) -> Actor:
     """Waymax's expert: the inverse-dynamics action from the *simulated* state to the next log.
 
@@ -436,11 +444,7 @@ def expert_actor(dynamics: DynamicsModel, sdc_only: bool = False) -> Actor:
     def act(view: StepView, actor_state, key):
         action = dynamics.inverse_step(view.current, view.log_next)
         if sdc_only:
-            sdc = view.metadata.is_sdc
-            action = Action(
-                data=jnp.sum(action.data * sdc[..., None], axis=-2),
-                valid=jnp.any(action.valid & sdc[..., None], axis=-2),
-            )
+            action = select_sdc_action(action, view.metadata.is_sdc)
         return action, actor_state
 
     return act
@@ -454,11 +458,7 @@ def constant_velocity_actor(dynamics: DynamicsModel, sdc_only: bool = False) -> 
         target = cur.replace(x=cur.x + cur.vel_x * dynamics.dt, y=cur.y + cur.vel_y * dynamics.dt)
         action = dynamics.inverse_step(cur, target)
         if sdc_only:
-            sdc = view.metadata.is_sdc
-            action = Action(
-                data=jnp.sum(action.data * sdc[..., None], axis=-2),
-                valid=jnp.any(action.valid & sdc[..., None], axis=-2),
-            )
+            action = select_sdc_action(action, view.metadata.is_sdc)
         return action, actor_state
 
     return act
