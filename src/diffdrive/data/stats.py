@@ -258,6 +258,6 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
+        json.dump(obj, f, separators=(",", ":"), allow_nan=False)
         f.write("\n")
     os.replace(tmp, p)
