@@ -1,0 +1,1 @@
+"""Evaluation: closed-loop rollouts, metric aggregation, baselines and result tables."""
