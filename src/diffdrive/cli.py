@@ -11,6 +11,12 @@ Commands are grouped (``diffdrive <group> <command> ...``). The ``data`` group i
     diffdrive data generate --out DIR --num N --seed S [--preset P] [--shard-size 64]
     diffdrive data stats PATH... [--against PATH...] [--out FILE] [--json]
 
+and the ``profile`` group (pipeline parameters, :mod:`diffdrive.config`)::
+
+    diffdrive profile use tiny|default|paper     # copy params/NAME.yaml to params.yaml
+    diffdrive profile show [--json]
+    diffdrive profile build-data [--dry-run]     # the dvc `data` stage
+
 Other groups (``train``, ``eval``, ``plan``) plug in with :func:`register_group`: a
 function that receives the group's subparsers and adds commands, each setting
 ``func=<callable(args) -> int>`` with ``set_defaults``.
@@ -411,6 +417,97 @@ def _configure_data(sub: argparse._SubParsersAction) -> None:
 
 
 register_group("data", "scenario data: inspect, convert, generate, stats", _configure_data)
+
+
+# ------------------------------------------------------------------------------ profile
+
+
+def _config_call(fn: Callable[[], int]) -> int:
+    from diffdrive.config import ConfigError
+
+    try:
+        return fn()
+    except ConfigError as e:
+        raise _BadInput(str(e)) from e
+
+
+def cmd_profile_use(args: argparse.Namespace) -> int:
+    from diffdrive import config
+
+    def run() -> int:
+        cfg = config.use_profile(args.name, args.root)
+        print(f"params.yaml is now profile {cfg.profile!r} (from params/{args.name}.yaml)")
+        return EXIT_OK
+
+    return _config_call(run)
+
+
+def cmd_profile_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from diffdrive import config
+
+    def run() -> int:
+        root = config.project_root(args.root)
+        name, same = config.active_profile(root)
+        cfg = config.load_params(root / config.PARAMS_FILE)
+        if args.json:
+            print(json.dumps({"profile": name, "matches_profile_file": same,
+                              "params": config.to_dict(cfg)}))  # fmt: skip
+            return EXIT_OK
+        state = "" if same else f" (edited: differs from params/{name}.yaml)"
+        print(f"active profile: {name}{state}; available: {', '.join(_profiles(root))}")
+        print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False).rstrip())
+        return EXIT_OK
+
+    return _config_call(run)
+
+
+def _profiles(root) -> list[str]:
+    from diffdrive import config
+
+    return sorted(p.stem for p in (root / config.PROFILE_DIR).glob("*.yaml"))
+
+
+def cmd_profile_build_data(args: argparse.Namespace) -> int:
+    import shlex
+
+    from diffdrive import config
+
+    def run() -> int:
+        root = config.project_root(args.root)
+        cfg = config.load_params(root / config.PARAMS_FILE)
+        argv = config.data_command(cfg.data, out=args.out, root=root)
+        print("diffdrive " + shlex.join(argv), file=sys.stderr)
+        return EXIT_OK if args.dry_run else main(argv)
+
+    return _config_call(run)
+
+
+def _configure_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("use", help="make params/NAME.yaml the active params.yaml (atomic copy)")
+    p.add_argument("name", help="tiny | default | paper (a file in params/)")
+    p.add_argument("--root", default=None, help="project root (default: the one around cwd)")
+    p.set_defaults(func=cmd_profile_use)
+
+    p = sub.add_parser("show", help="the active profile and its resolved parameters")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--root", default=None)
+    p.set_defaults(func=cmd_profile_show)
+
+    p = sub.add_parser(
+        "build-data",
+        help="build the scenario cache params.yaml describes (the pipeline's data stage)",
+        description="Runs `diffdrive data generate` (data.source: synthetic) or `diffdrive "
+        "data convert` (data.source: womd) with the active parameters; prints the command.",
+    )
+    p.add_argument("--out", default="data/scenarios")
+    p.add_argument("--dry-run", action="store_true", help="only print the command")
+    p.add_argument("--root", default=None)
+    p.set_defaults(func=cmd_profile_build_data)
+
+
+register_group("profile", "pipeline parameter profiles: use, show, build-data", _configure_profile)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -340,7 +339,6 @@ def build_cache(
     index = {
         "format": CACHE_FORMAT,
         "version": CACHE_VERSION,
-        "created_unix": time.time(),
         "num_scenarios": len(scen),
         "settings": settings,
         "keys": _key_specs(settings),
