@@ -510,6 +510,19 @@ def _configure_profile(sub: argparse._SubParsersAction) -> None:
 register_group("profile", "pipeline parameter profiles: use, show, build-data", _configure_profile)
 
 
+# ------------------------------------------------------------------------------ methods
+# Method groups live beside their code; imported only when the parser is built.
+
+
+def _configure_eval(sub) -> None:
+    from diffdrive.eval import cli as eval_cli
+
+    eval_cli.register(sub)
+
+
+register_group("eval", "closed-loop evaluation of baselines and policies", _configure_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, one subparser per registered group."""
     parser = argparse.ArgumentParser(
