@@ -523,6 +523,19 @@ def _configure_eval(sub) -> None:
 register_group("eval", "closed-loop evaluation of baselines and policies", _configure_eval)
 
 
+def _configure_train(sub) -> None:
+    from diffdrive.train import cli as train_cli
+
+    train_cli.register(sub)
+
+
+register_group(
+    "train",
+    "train policies: APG (analytic policy gradients) or behaviour cloning",
+    _configure_train,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, one subparser per registered group."""
     parser = argparse.ArgumentParser(
