@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +29,7 @@ import numpy as np
 
 from diffdrive.sim import datatypes as dt
 from diffdrive.sim import dynamics, env, metrics
+from diffdrive.timing import median_seconds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCENARIO = ROOT.parent / "shared" / "conformance" / "waymax_decoded_tf_example.npz"
@@ -42,16 +41,6 @@ WAYMAX_REFERENCE_S = {
     "rollout80_all_metrics_s": 28.5,
     "sdc_value_and_grad80_s": 69e-3,
 }
-
-
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def batched_state(batch: int) -> dt.SimulatorState:
@@ -68,7 +57,7 @@ def run(batch: int, repeats: int) -> dict[str, float]:
 
     index_config = metrics.RoadEdgeIndexConfig()
     build = jax.jit(lambda rg: metrics.build_road_edge_index(rg, index_config))
-    results["offroad_index_build_s"] = _median_seconds(
+    results["offroad_index_build_s"] = median_seconds(
         build, state.roadgraph_points, repeats=repeats
     )
     index = build(state.roadgraph_points)
@@ -96,9 +85,9 @@ def run(batch: int, repeats: int) -> dict[str, float]:
     # The step the rollout runs: current objects in, next objects out.
     mask = multi.control_mask(plain.object_metadata, plain.sim_trajectory)
     light_step = jax.jit(lambda view, a: multi._step_view(view, a, mask))
-    results["step_s"] = _median_seconds(light_step, multi.view(plain), zero_action, repeats=repeats)
+    results["step_s"] = median_seconds(light_step, multi.view(plain), zero_action, repeats=repeats)
     # Waymax's signature: the whole (..., N, 91) state in and out.
-    results["step_full_state_s"] = _median_seconds(
+    results["step_full_state_s"] = median_seconds(
         jax.jit(multi.step), plain, zero_action, repeats=repeats
     )
 
@@ -124,7 +113,7 @@ def run(batch: int, repeats: int) -> dict[str, float]:
         ("rollout80_all_metrics_exact_invalid_s", all_metrics, True),
     ):
         environment = make_env(names, exact_for_invalid=exact_invalid)
-        results[key] = _median_seconds(rollout_fn(environment, names), start, repeats=repeats)
+        results[key] = median_seconds(rollout_fn(environment, names), start, repeats=repeats)
 
     planning = env.PlanningAgentEnvironment(
         model, env.EnvironmentConfig(metrics=(), rewards=(), road_edge_index=False)
@@ -156,7 +145,7 @@ def run(batch: int, repeats: int) -> dict[str, float]:
 
     grad_fn = jax.jit(jax.value_and_grad(loss))
     actions = jnp.zeros((80, batch, 2))
-    results["sdc_value_and_grad80_s"] = _median_seconds(grad_fn, actions, repeats=repeats)
+    results["sdc_value_and_grad80_s"] = median_seconds(grad_fn, actions, repeats=repeats)
     return results
 
 

@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +40,7 @@ from diffdrive.data.sources import synthetic_config
 from diffdrive.models import policy
 from diffdrive.sim import env
 from diffdrive.sim.datatypes import Action, Array, Trajectory
+from diffdrive.timing import median_seconds
 from diffdrive.train import apg, loop, losses
 from diffdrive.train.config import train_config
 
@@ -104,16 +103,6 @@ def sim_only_fn(config, batch):
     return jax.jit(jax.value_and_grad(loss)), jnp.zeros((steps,) + meta.shape[:-1] + (2,))
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _batch(preset: str, batch: int, seed: int = 0):
     objects, points = DATA_SHAPES[preset]
     cfg = synthetic_config(SYNTHETIC_PRESET[preset], max_objects=objects)
@@ -137,13 +126,13 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict[str, float]:
         "num_params": int(sum(np.size(p) for p in jax.tree.leaves(state.params))),
     }
     step = jax.jit(loop.build_train_step(config))
-    results["train_step_s"] = _median_seconds(step, state, train_batch, key, repeats=repeats)
+    results["train_step_s"] = median_seconds(step, state, train_batch, key, repeats=repeats)
     standin = jax.jit(loop.build_train_step(config, StandInSimulator(config.make_dynamics())))
-    results["standin_step_s"] = _median_seconds(standin, state, train_batch, key, repeats=repeats)
+    results["standin_step_s"] = median_seconds(standin, state, train_batch, key, repeats=repeats)
     results["train_scenario_steps_per_s"] = batch * config.rollout_steps / results["train_step_s"]
     results["sim_share"] = max(0.0, 1.0 - results["standin_step_s"] / results["train_step_s"])
     sim_fn, actions = sim_only_fn(config, train_batch)
-    results["sim_only_s"] = _median_seconds(sim_fn, actions, repeats=repeats)
+    results["sim_only_s"] = median_seconds(sim_fn, actions, repeats=repeats)
     results["sim_share_direct"] = results["sim_only_s"] / results["train_step_s"]
 
     full = batching.batch_scenarios(scenarios, objects, points)
@@ -160,7 +149,7 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict[str, float]:
         )
         return out.trajectory.x
 
-    results["inference_s"] = _median_seconds(
+    results["inference_s"] = median_seconds(
         infer, state.params, jax.device_put(full), key, repeats=repeats
     )
     results["inference_timesteps_per_s"] = batch * 80 / results["inference_s"]
