@@ -20,6 +20,15 @@ the preset's shape (tiled from a few generated ones):
 
     python benchmarks/train_throughput.py [--presets tiny,default] [--batch 8]
                                           [--repeats 3] [--json] [--out FILE]
+                                          [--setting planning|multi_agent]
+                                          [--train-agents N]
+
+``--setting multi_agent`` times the multi-agent train step instead (every object valid at
+the end of warm-up driven, at most ``--train-agents`` of them; the agent transformer) and
+multi-agent inference (every object driven, :class:`MultiAgentEnvironment`);
+``train_scenario_steps_per_s`` still counts scenario-steps (``B * rollout_steps``), and
+``train_agent_steps_per_s`` counts driven agent-steps. The stand-in simulator and
+``sim_share`` are planning-only.
 
 The ``paper`` preset (GRU 512, 2000 roadgraph points, 128 objects, 20000-point maps) is
 slow on CPU; pass it explicitly.
@@ -113,7 +122,11 @@ def _batch(preset: str, batch: int, seed: int = 0):
     return jax.device_put(source.batch(0, 0)), scenarios, objects, points
 
 
-def run_preset(preset: str, batch: int, repeats: int) -> dict[str, float]:
+def run_preset(
+    preset: str, batch: int, repeats: int, setting: str = "planning", train_agents=None
+) -> dict[str, float]:
+    if setting == "multi_agent":
+        return run_multi_agent(preset, batch, repeats, train_agents)
     config = train_config(preset, batch_size=batch)
     train_batch, scenarios, objects, points = _batch(preset, batch)
     state = jax.device_put(loop.create_train_state(config, 1000), jax.devices()[0])
@@ -156,6 +169,56 @@ def run_preset(preset: str, batch: int, repeats: int) -> dict[str, float]:
     return results
 
 
+def run_multi_agent(preset: str, batch: int, repeats: int, train_agents) -> dict[str, float]:
+    """The multi-agent train step and inference (no stand-in simulator)."""
+    config = train_config(
+        preset, batch_size=batch, setting="multi_agent", train_agents=train_agents
+    )
+    train_batch, scenarios, objects, points = _batch(preset, batch)
+    state = jax.device_put(loop.create_train_state(config, 1000), jax.devices()[0])
+    key = jax.random.PRNGKey(0)
+    step = jax.jit(loop.build_train_step(config))
+    train_step_s = median_seconds(step, state, train_batch, key, repeats=repeats)
+    _, metrics = step(state, train_batch, key)
+    agents = float(metrics["agents"])
+    results: dict[str, float] = {
+        "setting": "multi_agent",
+        "batch": batch,
+        "objects": objects,
+        "roadgraph_points": points,
+        "rollout_steps": config.rollout_steps,
+        "train_agents": train_agents,
+        "mean_driven_agents": agents,
+        "num_params": int(sum(np.size(p) for p in jax.tree.leaves(state.params))),
+        "train_step_s": train_step_s,
+        "train_scenario_steps_per_s": batch * config.rollout_steps / train_step_s,
+        "train_agent_steps_per_s": batch * agents * config.rollout_steps / train_step_s,
+    }
+    full = batching.batch_scenarios(scenarios, objects, points)
+    multi = env.MultiAgentEnvironment(
+        config.make_dynamics(),
+        env.EnvironmentConfig(
+            controlled_object="valid",
+            allow_new_objects_after_warmup=False,
+            metrics=(),
+            road_edge_index=False,
+        ),
+    )
+
+    @jax.jit
+    def infer(params, state, key):
+        reset = multi.reset(state)
+        actor, init = policy.make_multi_agent_actor(None, params, config.model)
+        out = multi.rollout(reset, actor, 80, key=key, actor_state=init(reset), with_rewards=False)
+        return out.trajectory.x
+
+    results["inference_s"] = median_seconds(
+        infer, state.params, jax.device_put(full), key, repeats=repeats
+    )
+    results["inference_timesteps_per_s"] = batch * 80 / results["inference_s"]
+    return results
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="tiny,default", help="comma-separated presets")
@@ -163,10 +226,18 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--out", type=pathlib.Path, help="also write the JSON here")
+    parser.add_argument("--setting", choices=("planning", "multi_agent"), default="planning")
+    parser.add_argument(
+        "--train-agents", type=int, default=None, help="multi_agent: driven objects cap"
+    )
     args = parser.parse_args(argv)
     results = {
         "device": jax.devices()[0].device_kind,
-        "presets": {p: run_preset(p, args.batch, args.repeats) for p in args.presets.split(",")},
+        "setting": args.setting,
+        "presets": {
+            p: run_preset(p, args.batch, args.repeats, args.setting, args.train_agents)
+            for p in args.presets.split(",")
+        },
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +249,15 @@ def main(argv=None) -> None:
     header = ("preset", "B", "params", "train step", "scen-steps/s", "sim share")
     header += ("(direct)", "infer steps/s")
     print("{:<8} {:>3} {:>9} {:>11} {:>13} {:>10} {:>9} {:>14}".format(*header))
+    if args.setting == "multi_agent":
+        print("preset     B  agents  train step  scen-steps/s  agent-steps/s  infer steps/s")
+        for name, r in results["presets"].items():
+            print(
+                f"{name:<8} {r['batch']:>3} {r['mean_driven_agents']:>7.1f} "
+                f"{r['train_step_s']:>10.3f}s {r['train_scenario_steps_per_s']:>13.1f} "
+                f"{r['train_agent_steps_per_s']:>14.1f} {r['inference_timesteps_per_s']:>14.1f}"
+            )
+        return
     for name, r in results["presets"].items():
         print(
             f"{name:<8} {r['batch']:>3} {r['num_params']:>9,} {r['train_step_s']:>10.3f}s "

@@ -7,10 +7,10 @@
 * ``--up-to-date``: ``dvc status`` reports nothing to do (a second ``dvc repro`` would run
   no stage).
 * ``--git-outs``: only print the ``cache: false`` outs (the ones kept in git), one a line.
-* ``--param KEY=VALUE --expect A,B``: sets the (dotted) params key in a scratch copy of
-  ``params.yaml``, asks ``dvc status`` which stages changed, runs exactly those plus
-  everything downstream of them in the stage graph (``dvc repro --dry`` semantics), checks
-  that set equals ``--expect``, and restores ``params.yaml``.
+* ``--param KEY=VALUE --expect A,B`` (``all``: every stage): sets the (dotted) params key
+  in a scratch copy of ``params.yaml``, asks ``dvc status`` which stages changed, runs
+  exactly those plus everything downstream of them in the stage graph (``dvc repro --dry``
+  semantics), checks that set equals ``--expect``, and restores ``params.yaml``.
 
 Exit status 0 when every check passes, 1 otherwise (each failure is printed).
 Run by ``.ci/run`` after ``dvc repro``.
@@ -52,16 +52,34 @@ def _names(entries: list) -> list[str]:
     return out
 
 
+def _expand_foreach(pipeline: dict, params: dict) -> dict[str, tuple[dict, dict]]:
+    """``{stage name: (definition, extra variables)}``; a ``foreach`` stage becomes one stage
+    per item, named ``stage@key`` as DVC names them, with ``key``/``item`` bound."""
+    out = {}
+    for name, st in pipeline["stages"].items():
+        if "foreach" not in st:
+            out[name] = (st, {})
+            continue
+        items = st["foreach"]
+        if isinstance(items, str):
+            items = _lookup(params, _VAR.fullmatch(items.strip()).group(1))
+        pairs = items.items() if isinstance(items, dict) else ((i, i) for i in items)
+        for key, item in pairs:
+            out[f"{name}@{key}"] = (st["do"], {"key": key, "item": item})
+    return out
+
+
 def load_stages(root: Path = ROOT) -> dict[str, dict]:
     """``{stage: {"deps": [...], "outs": [...], "params": [...]}}`` with paths resolved."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
     params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     stages = {}
-    for name, st in pipeline["stages"].items():
+    for name, (st, local) in _expand_foreach(pipeline, params).items():
+        scope = {**params, **local}
         stages[name] = {
-            "deps": [_resolve(p, params) for p in _names(st.get("deps"))],
+            "deps": [_resolve(p, scope) for p in _names(st.get("deps"))],
             "outs": [
-                _resolve(p, params)
+                _resolve(p, scope)
                 for key in ("outs", "metrics", "plots")
                 for p in _names(st.get(key))
             ],
@@ -73,9 +91,10 @@ def load_stages(root: Path = ROOT) -> dict[str, dict]:
 def git_outs(root: Path = ROOT) -> list[str]:
     """The outs declared with ``cache: false`` (kept in git rather than the DVC cache)."""
     pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+    params = yaml.safe_load((root / "params.yaml").read_text()) or {}
     return [
-        path
-        for st in pipeline["stages"].values()
+        _resolve(path, {**params, **local})
+        for st, local in _expand_foreach(pipeline, params).values()
         for e in st.get("outs", [])
         if isinstance(e, dict)
         for path, opts in e.items()
@@ -169,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for kv, expect in zip(args.param, args.expect):
         key, _, value = kv.partition("=")
         got = stages_rerun_by(key, value)
-        want = {s for s in expect.split(",") if s}
+        want = set(load_stages()) if expect == "all" else {s for s in expect.split(",") if s}
         print(f"changing {key} reruns: {', '.join(sorted(got)) or 'nothing'}")
         if got != want:
             failures.append(f"changing {key} reruns {sorted(got)}, expected {sorted(want)}")

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from diffdrive.data import cache, synthetic
+from diffdrive.data import batching, cache, synthetic
 from diffdrive.data.sources import synthetic_config
 from diffdrive.train import apg, checkpoint, loop
 from diffdrive.train import cli as train_cli
@@ -124,8 +124,12 @@ def test_train_cli_on_a_scenario_cache(tmp_path, capsys):
     # What `diffdrive eval run --actor policy --checkpoint DIR` loads.
     actor, init = apg.make_policy_actor(checkpoint=str(out), sample=True)
     assert callable(actor) and init((2,)).shape == (2, TrainConfig.tiny().model.hidden_size)
-    with pytest.raises(ValueError, match="planning"):
-        apg.make_policy_actor(checkpoint=str(out), setting="multi_agent")
+    # The same parameters drive every object in the multi-agent setting (one carry each).
+    _, init_all = apg.make_policy_actor(checkpoint=str(out), setting="multi_agent")
+    state = batching.state_from_flat_batch(batching.stack_arrays([c.padded_arrays(0)]))
+    assert init_all(state).shape == (1, 8, TrainConfig.tiny().model.hidden_size)
+    with pytest.raises(ValueError, match="unknown setting"):
+        apg.make_policy_actor(checkpoint=str(out), setting="platoon")
     # The same command again finds the finished run and does nothing more; with
     # --no-resume it starts over (and, being deterministic, ends at the same parameters).
     assert args.func(args) == 0

@@ -536,6 +536,19 @@ register_group(
 )
 
 
+def _configure_plan(sub) -> None:
+    from diffdrive.plan import cli as plan_cli
+
+    plan_cli.register(sub)
+
+
+register_group(
+    "plan",
+    "test-time planning: world-model MPC (mpc) or differentiable simulator search (dss)",
+    _configure_plan,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, one subparser per registered group."""
     parser = argparse.ArgumentParser(

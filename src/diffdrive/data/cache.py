@@ -569,6 +569,12 @@ class Cache(Sequence):
         for flat in self.iter_flat_batches(batch_size, drop_remainder, shuffle_seed):
             yield batching.state_from_flat_batch(flat)
 
+    def subset(self, indices: Iterable[int] | slice) -> CacheSubset:
+        """A view of the scenarios ``indices`` (a train/test split), in that order."""
+        if isinstance(indices, slice):
+            indices = range(*indices.indices(len(self)))
+        return CacheSubset(self, [self._norm(i) for i in indices])
+
     def __repr__(self) -> str:
         s = self.settings
         return (
@@ -576,6 +582,50 @@ class Cache(Sequence):
             f"N={s['max_objects']} T={s['num_timesteps']} P={s['num_roadgraph_points']}, "
             f"mode={self.mode!r})"
         )
+
+
+class CacheSubset(Sequence):
+    """Some scenarios of a :class:`Cache`, re-indexed from 0 (what ``Cache.subset`` returns).
+
+    Offers what training and evaluation read from a cache: ``len``, ``[i]``,
+    ``padded_arrays(i)``, ``settings``, ``scenario_ids`` and ``path``.
+
+    Attributes:
+      cache: the underlying cache.
+      indices: the cache indices of this view's scenarios, in order.
+    """
+
+    def __init__(self, cache: Cache, indices: Sequence[int]):
+        self.cache = cache
+        self.indices = list(indices)
+        self.settings = cache.settings
+        self.path = cache.path
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _cache_index(self, i: int) -> int:
+        n = len(self)
+        j = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= j < n:
+            raise IndexError(f"{self.path}: subset index {i} out of range for {n} scenarios")
+        return self.indices[j]
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.cache[self._cache_index(i)]
+
+    def padded_arrays(self, i: int) -> dict[str, np.ndarray]:
+        return self.cache.padded_arrays(self._cache_index(i))
+
+    @property
+    def scenario_ids(self) -> list[str]:
+        ids = self.cache.scenario_ids
+        return [ids[i] for i in self.indices]
+
+    def __repr__(self) -> str:
+        return f"CacheSubset({self.path}, {len(self)} of {len(self.cache)} scenarios)"
 
 
 def open_cache(

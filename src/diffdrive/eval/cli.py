@@ -5,7 +5,7 @@
                        [--setting planning|multi_agent] [--out results/x.json]
                        [--max-scenarios N] [--batch-size B] [--max-objects 128]
                        [--roadgraph-points 20000] [--dynamics bicycle] [--seed 0]
-                       [--profile NAME] [--per-scenario]
+                       [--profile NAME] [--per-scenario] [--devices N|all]
 
 ``--data`` takes anything :func:`diffdrive.data.sources.read_scenarios` reads (TFRecords,
 ``.npz`` states, caches, ``synthetic:N[:SEED[:PRESET]]``). ``--checkpoint``/``--preset``
@@ -122,7 +122,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     scenarios = sources.read_scenarios(args.data, format=args.format)
     if args.max_scenarios is not None:
         scenarios = itertools.islice(scenarios, args.max_scenarios)
-    batch_size = args.batch_size or max(1, 16 // args.modes)
+    from diffdrive import distributed
+
+    try:
+        mesh = distributed.mesh_from_cli(getattr(args, "devices", None))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Default batch: a multiple of the devices (a given one is padded up inside evaluate).
+    batch_size = args.batch_size or distributed.padded_size(max(1, 16 // args.modes), mesh)
     batches = rollouts.batches_with_ids(
         scenarios,
         batch_size,
@@ -143,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key=jax.random.PRNGKey(args.seed),
         dynamics_noise_std=args.noise,
         progress=progress,
+        mesh=mesh,
     )
     if not args.no_progress:
         print(file=sys.stderr)
@@ -163,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         timing=results.timing,
     )
     out = results.to_dict(meta, per_scenario=args.per_scenario)
-    if args.out:
+    if args.out and jax.process_index() == 0:
         _write_json_atomic(args.out, out)
     m, c = out["metrics"], out["counts"]
 
@@ -224,4 +233,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default=None, help="recorded in meta.profile")
     p.add_argument("--per-scenario", action="store_true", help="per-scenario records in JSON")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="split each batch over N devices or 'all' (default 1; all in a multi-process "
+        "job, see README 'Scaling out'); results equal one device's",
+    )
     p.set_defaults(func=cmd_run)

@@ -344,6 +344,47 @@ def apg_multi_agent(ctx: Context) -> Rendered:
     return _standard(ctx, "apg_multi_agent")
 
 
+@register("apg_noise_robustness", reference="apg.json", results=("apg_noise_robustness.json",))
+def apg_noise_robustness(ctx: Context) -> Rendered:
+    """APG against BC under test-time position noise (the paper states the claim only).
+
+    Reads ``results/apg_noise_robustness.json``; rows ``{"method": "apg", "noise_std": 0.2,
+    "ade": ..., "overlap": ..., "offroad": ...}`` (one deterministic rollout; noise std in
+    metres per axis and step).
+    """
+    return _standard(ctx, "apg_noise_robustness")
+
+
+@register("apg_num_modes", reference="apg.json", results=("apg_num_modes.json",))
+def apg_num_modes(ctx: Context) -> Rendered:
+    """APG and BC minADE against the number of sampled rollouts K.
+
+    Reads ``results/apg_num_modes.json``; rows ``{"method": "apg", "K": 8, "min_ade": ...,
+    "min_overlap": ..., "min_offroad": ...}``.
+    """
+    return _standard(ctx, "apg_num_modes")
+
+
+@register("apg_sequence_length", reference="apg.json", results=("apg_sequence_length.json",))
+def apg_sequence_length(ctx: Context) -> Rendered:
+    """APG trained on shorter rollouts, evaluated on the full 80 steps.
+
+    Reads ``results/apg_sequence_length.json``; rows ``{"training_steps": 40, "ade": ...,
+    "overlap": ..., "offroad": ...}``.
+    """
+    return _standard(ctx, "apg_sequence_length")
+
+
+@register("apg_detach", reference="apg.json", results=("apg_detach.json",))
+def apg_detach(ctx: Context) -> Rendered:
+    """APG with detached (per-step) against full gradients through the simulator state.
+
+    Reads ``results/apg_detach.json``; rows ``{"gradients": "detached" | "full", "ade": ...,
+    "overlap": ..., "offroad": ..., "train_wall_s": ...}``.
+    """
+    return _standard(ctx, "apg_detach")
+
+
 # --------------------------------------------------------------------------- driver
 
 

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from diffdrive import distributed
 from diffdrive.eval import aggregate
 from diffdrive.sim import dynamics as dynamics_lib
 from diffdrive.sim import env as env_lib
@@ -489,6 +490,7 @@ def evaluate(
     num_steps: int | None = None,
     keep_steps: bool = False,
     progress: Callable[[int], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> EvalResults:
     """Evaluates ``actor`` closed-loop on every scenario of ``batches``, K rollouts each.
 
@@ -508,6 +510,13 @@ def evaluate(
       num_steps: simulated steps (default ``T - 11`` = 80).
       keep_steps: also keep the per-step records in :attr:`EvalResults.steps`.
       progress: called with the number of scenarios done after each batch.
+      mesh: split every batch's scenarios over the ``data`` axis of these devices
+        (:func:`diffdrive.distributed.make_mesh`); batches are padded to a multiple of the
+        device count (the padding dropped). Every scenario's rollouts are computed
+        independently, so the results equal a single device's when the batch size is a
+        multiple of the device count (else stochastic actors see a padded batch shape,
+        hence other random draws). With several processes every process passes the same
+        batches and gets the whole results.
 
     Returns:
       :class:`EvalResults`.
@@ -524,9 +533,12 @@ def evaluate(
     for i, item in enumerate(batches):
         state, batch_ids = _split_item(item, i)
         b = state.shape[0]
-        size = size or b
+        size = size or distributed.padded_size(b, mesh)
         start = time.perf_counter()
-        rec = jax.device_get(fn(_pad_batch(state, size), jax.random.fold_in(key, i)))
+        padded = _pad_batch(state, size)
+        if mesh is not None:
+            padded = distributed.shard_batch(padded, mesh)
+        rec = distributed.to_host(fn(padded, jax.random.fold_in(key, i)))
         times.append((time.perf_counter() - start, b))
         # Drop the padding: scenario axis 1 of the per-step records, 0 of the others.
         rec = {

@@ -165,6 +165,15 @@ class Policy(nn.Module):
         carry, _ = self.cell(carry, self.encoder(features))
         return carry
 
+    def encode(self, features: dict[str, Array]) -> Array:
+        """The fused scene feature ``(..., fusion_width)`` (the AWM world model's latent)."""
+        return self.encoder(features)
+
+    def step_encoded(self, encoded: Array, carry: Array) -> tuple[Array, GaussianMixture]:
+        """``__call__`` from an :meth:`encode` output (also an imagined one)."""
+        carry, y = self.cell(carry, encoded)
+        return carry, self.head(y)
+
 
 def initial_carry(config: ModelConfig, batch_shape: tuple[int, ...], dtype=jnp.float32) -> Array:
     """Zero GRU state ``batch_shape + (hidden_size,)``."""
@@ -281,12 +290,20 @@ def warm_up(
 # --------------------------------------------------------------------------------------
 
 
-def select_action(gmm: GaussianMixture, key: Array, sample: bool, mode: int | None) -> Array:
+MIXTURE_MEAN = "mixture_mean"
+"""``mode`` value of :func:`select_action`: the deterministic action is the mixture mean."""
+
+
+def select_action(gmm: GaussianMixture, key: Array, sample: bool, mode: int | str | None) -> Array:
     """The executed action ``(..., A)``.
 
     ``mode=None``: a mixture sample when ``sample``, else the mean of the most likely
     component. ``mode=k``: component ``k``'s sample or mean (one of ``K`` rollouts).
+    ``mode="mixture_mean"``: the weighted mean of the component means (deterministic; the
+    most likely component alone can be a poor pick when the weights are spread).
     """
+    if mode == MIXTURE_MEAN:
+        return gmm.mean()
     if mode is None:
         if sample:
             return gmm.sample(key)[0]
@@ -300,7 +317,7 @@ def make_policy_actor(
     params: Any,
     config: ModelConfig | None = None,
     sample: bool = False,
-    mode: int | None = None,
+    mode: int | str | None = None,
     warm_steps: int = INIT_STEPS - 1,
 ) -> tuple[Callable, Callable]:
     """The trained policy as an SDC actor for :class:`~diffdrive.sim.env.PlanningAgentEnvironment`.
@@ -327,8 +344,12 @@ def make_policy_actor(
     cfg = config or model.config
     if config is not None and model.config != config:
         raise ValueError("make_policy_actor: config differs from model.config")
-    if mode is not None and not 0 <= mode < cfg.num_components:
-        raise ValueError(f"mode must be in [0, {cfg.num_components}), got {mode}")
+    if mode not in (None, MIXTURE_MEAN) and not (
+        isinstance(mode, int) and 0 <= mode < cfg.num_components
+    ):
+        raise ValueError(
+            f"mode must be in [0, {cfg.num_components}) or {MIXTURE_MEAN!r}, got {mode!r}"
+        )
 
     def actor(view: StepView, carry: Array, key: Array) -> tuple[Action, Array]:
         carry, gmm = model.apply(params, observe(view, cfg), carry)
@@ -342,6 +363,160 @@ def make_policy_actor(
             return warm_up(model, params, state, warm_steps)
         if batch_shape is None:
             raise ValueError("init_actor_state: give a batch shape or a state")
+        return initial_carry(cfg, tuple(batch_shape))
+
+    return actor, init_actor_state
+
+
+# --------------------------------------------------------------------------------------
+# Multi-agent: every object observes in its own frame and follows the same policy
+# --------------------------------------------------------------------------------------
+
+
+def features_per_agent(
+    current: Trajectory,
+    log: Trajectory,
+    metadata: ObjectMetadata,
+    roadgraph: RoadgraphPoints,
+    traffic_lights: TrafficLights,
+    timestep: Array,
+    config: ModelConfig,
+    egos: Array | None = None,
+) -> dict[str, Array]:
+    """:func:`~diffdrive.sim.observation.policy_features_per_agent` with the model's config.
+
+    Args:
+      current, log, metadata, roadgraph, traffic_lights, timestep: as in
+        :func:`features_at`, batch shape ``(...)``, ``N`` objects.
+      config: the :class:`~diffdrive.models.config.ModelConfig`.
+      egos: ``(..., M, N)`` one-hot observers (default: every object slot, ``M = N``).
+
+    Returns:
+      The feature dict with an observer axis: batch shape ``(..., M)``.
+    """
+    fc = config.feature_config
+    k = min(fc.roadgraph_top_k, roadgraph.num_points)
+    if k != fc.roadgraph_top_k:
+        fc = dataclasses.replace(fc, roadgraph_top_k=k)
+    return observation.policy_features_per_agent(
+        current, metadata, roadgraph, traffic_lights, log, timestep, fc, egos
+    )
+
+
+def observe_all(view: StepView, config: ModelConfig, egos: Array | None = None) -> dict[str, Array]:
+    """Every object's features of a :class:`~diffdrive.sim.env.StepView`, batch ``(..., N)``.
+
+    Object ``i`` observes the scene in its own ego frame, with its own logged future as
+    route conditioning (``egos`` ``(..., M, N)`` picks other observers, see
+    :func:`features_per_agent`).
+    """
+    return features_per_agent(
+        view.current,
+        view.log,
+        view.metadata,
+        view.roadgraph,
+        view.traffic_lights,
+        view.timestep,
+        config,
+        egos,
+    )
+
+
+def warm_up_all(
+    model: Policy,
+    params: Any,
+    state: SimulatorState,
+    num_steps: int = INIT_STEPS - 1,
+    egos: Array | None = None,
+) -> Array:
+    """:func:`warm_up` for every object (or the observers ``egos`` ``(..., M, N)``).
+
+    Returns:
+      ``(..., N, hidden_size)`` (``(..., M, hidden_size)`` with ``egos``) GRU states.
+    """
+    cfg = model.config
+    log = state.log_trajectory
+    observers = state.num_objects if egos is None else egos.shape[-2]
+    carry = initial_carry(cfg, state.shape + (observers,), log.x.dtype)
+
+    def body(h, t):
+        feats = features_per_agent(
+            log.at(t),
+            log,
+            state.object_metadata,
+            state.roadgraph_points,
+            state.log_traffic_light,
+            t,
+            cfg,
+            egos,
+        )
+        return model.apply(params, feats, h, method=Policy.step_carry), None
+
+    carry, _ = jax.lax.scan(body, carry, jnp.arange(num_steps, dtype=jnp.int32))
+    return carry
+
+
+def make_multi_agent_actor(
+    model: Policy | None,
+    params: Any,
+    config: ModelConfig | None = None,
+    sample: bool = False,
+    mode: int | str | None = None,
+    warm_steps: int = INIT_STEPS - 1,
+) -> tuple[Callable, Callable]:
+    """The policy driving every object, for :class:`~diffdrive.sim.env.MultiAgentEnvironment`.
+
+    Each object slot runs its own copy of the recurrent policy on its own ego-frame
+    features (:func:`observe_all`); the environment applies the actions of the objects it
+    controls (``controlled_object='valid'``) and ignores the rest. Any object count works
+    (the agent encoders pool), so a policy trained on 32 slots drives 128.
+
+    Args:
+      model: a :class:`Policy` (``None``: built from ``config``).
+      params: its parameters.
+      config: the model config (``None``: ``model.config``).
+      sample: sample actions (else take component means).
+      mode: ``None`` (mixture) or a component index (see :func:`select_action`).
+      warm_steps: logged steps the GRUs consume in ``init_actor_state``.
+
+    Returns:
+      ``(actor, init_actor_state)``: ``actor(view, carry, key) -> (Action, carry)`` with
+      ``carry`` ``(..., N, hidden_size)``, ``Action.data`` ``(..., N, 2)`` and ``valid``
+      ``(..., N, 1)`` (the objects' current validity); ``init_actor_state(state)`` gives
+      every object's GRU state warmed up on the logged history (:func:`warm_up_all`), and
+      ``init_actor_state(batch_shape)`` with ``batch_shape = (..., N)`` the zero state.
+    """
+    if model is None:
+        if config is None:
+            raise ValueError("make_multi_agent_actor: give a model or a config")
+        model = Policy(config)
+    cfg = config or model.config
+    if config is not None and model.config != config:
+        raise ValueError("make_multi_agent_actor: config differs from model.config")
+    if mode not in (None, MIXTURE_MEAN) and not (
+        isinstance(mode, int) and 0 <= mode < cfg.num_components
+    ):
+        raise ValueError(
+            f"mode must be in [0, {cfg.num_components}) or {MIXTURE_MEAN!r}, got {mode!r}"
+        )
+
+    def actor(view: StepView, carry: Array, key: Array) -> tuple[Action, Array]:
+        n = view.current.x.shape[-1]
+        if carry.shape[-2] != n:
+            raise ValueError(
+                f"multi-agent actor: carry has {carry.shape[-2]} agents, the scene {n} objects"
+            )
+        carry, gmm = model.apply(params, observe_all(view, cfg), carry)
+        action = select_action(gmm, key, sample, mode)
+        return Action(data=action, valid=view.current.valid[..., None]), carry
+
+    def init_actor_state(batch_shape=None, state: SimulatorState | None = None) -> Array:
+        if isinstance(batch_shape, SimulatorState):
+            batch_shape, state = None, batch_shape
+        if state is not None:
+            return warm_up_all(model, params, state, warm_steps)
+        if batch_shape is None:
+            raise ValueError("init_actor_state: give a batch shape (..., N) or a state")
         return initial_carry(cfg, tuple(batch_shape))
 
     return actor, init_actor_state

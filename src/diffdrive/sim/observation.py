@@ -190,8 +190,9 @@ def policy_features(
     log: Trajectory,
     timestep: Array,
     config: FeatureConfig = FeatureConfig(),
+    ego: Array | None = None,
 ) -> dict[str, Array]:
-    """Ego-frame features of the SDC at one step, all fixed-size and zero where invalid.
+    """Ego-frame features of the SDC (or of ``ego``) at one step, fixed-size, zero where invalid.
 
     Args:
       current: simulated step ``(..., N)``.
@@ -201,14 +202,16 @@ def policy_features(
       log: ``(..., N, T)`` (route conditioning reads the SDC's logged future).
       timestep: scalar current step.
       config: :class:`FeatureConfig`.
+      ego: ``(..., N)`` one-hot bool mask of the observing object (default
+        ``metadata.is_sdc``); its own logged future gives the route conditioning.
 
     Returns:
-      ``agents`` ``(..., N', 9)`` other agents (SDC excluded by masking) with features
+      ``agents`` ``(..., N', 9)`` other agents (the ego excluded by masking) with features
       :data:`AGENT_FEATURES`; ``roadgraph`` ``(..., k, 25)`` xy, dir, one-hot type, valid;
       ``traffic_lights`` ``(..., 16, 12)`` xy, one-hot state, valid; ``ego`` ``(..., 3)``
       speed, vel_x, vel_y in the ego frame; ``route`` ``(..., 2)``.
     """
-    sdc = metadata.is_sdc
+    sdc = metadata.is_sdc if ego is None else jnp.broadcast_to(ego, current.x.shape)
     ex, ey = select_by_onehot(current.x, sdc), select_by_onehot(current.y, sdc)
     eyaw = select_by_onehot(current.yaw, sdc)
     pose = ObjectPose2D.from_center_and_yaw(jnp.stack([ex, ey], -1), eyaw)
@@ -276,6 +279,49 @@ def policy_features(
         "ego": ego,
         "route": route,
     }
+
+
+def policy_features_per_agent(
+    current: Trajectory,
+    metadata: ObjectMetadata,
+    roadgraph: RoadgraphPoints,
+    traffic_lights: TrafficLights,
+    log: Trajectory,
+    timestep: Array,
+    config: FeatureConfig = FeatureConfig(),
+    egos: Array | None = None,
+) -> dict[str, Array]:
+    """:func:`policy_features` of several observers at once, each in its own ego frame.
+
+    Args:
+      current, metadata, roadgraph, traffic_lights, log, timestep, config: as in
+        :func:`policy_features`, batch shape ``(...)`` and ``N`` objects.
+      egos: ``(..., M, N)`` bool, one one-hot row per observer (default: every object
+        slot, ``M = N``, row ``i`` observing as object ``i``). Rows may be all False
+        (padding observers); their features are then those of an observer at the origin.
+
+    Returns:
+      The dict of :func:`policy_features` with an observer axis after the batch axes:
+      ``agents`` ``(..., M, N', 9)``, ``roadgraph`` ``(..., M, k, 25)``,
+      ``traffic_lights`` ``(..., M, 16, 12)``, ``ego`` ``(..., M, 3)``, ``route``
+      ``(..., M, 2)``.
+    """
+    batch_ndim = current.x.ndim - 1
+    n = current.x.shape[-1]
+    if egos is None:
+        egos = jnp.broadcast_to(jnp.eye(n, dtype=bool), current.x.shape[:-1] + (n, n))
+    if egos.shape[-1] != n or egos.ndim != batch_ndim + 2:
+        raise ValueError(
+            f"policy_features_per_agent: egos must be (..., M, {n}) with batch shape "
+            f"{current.x.shape[:-1]}, got {egos.shape}"
+        )
+
+    def one(ego: Array) -> dict[str, Array]:
+        return policy_features(
+            current, metadata, roadgraph, traffic_lights, log, timestep, config, ego=ego
+        )
+
+    return jax.vmap(one, in_axes=batch_ndim, out_axes=batch_ndim)(egos)
 
 
 def route_conditioning(

@@ -34,6 +34,7 @@ how the tests check it by finite differences.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -112,6 +113,7 @@ def apg_rollout(
     config: TrainConfig,
     simulator: Simulator,
     replay: Trajectory | None = None,
+    step_extras: Callable[..., dict[str, Array]] | None = None,
 ) -> dict[str, Array]:
     """The scanned warm-up and rollout; per-step outputs with a leading step axis.
 
@@ -128,6 +130,11 @@ def apg_rollout(
       reset_threshold: scalar snap-back distance (m); ``inf`` for none.
       model, config, simulator: see :func:`apg_loss`.
       replay: carried states ``(S, B, N)`` to act from instead of the simulated ones.
+      step_extras: optional hook ``f(view, encoded, carry, action, nxt, log_next) -> dict``
+        called at every step with the step's view, the fused scene feature
+        (:meth:`~diffdrive.models.policy.Policy.encode`), the GRU state after it, the
+        executed action ``(B, A)``, the simulated next state (before any reset) and the
+        logged next state; its arrays join the per-step outputs (the AWM heads' losses).
 
     Returns:
       ``traj_loss``, ``ce``, ``entropy``, ``dist``, ``valid`` (the loss mask: a logged
@@ -161,7 +168,11 @@ def apg_rollout(
         current = detach(current)
         view = base.replace(current=current, previous=current, timestep=t)
         feats = detach(observe(view, config.model))
-        h, gmm = model.apply(params, feats, h)
+        if step_extras is None:
+            h, gmm = model.apply(params, feats, h)
+        else:
+            encoded = model.apply(params, feats, method=Policy.encode)
+            h, gmm = model.apply(params, encoded, h, method=Policy.step_encoded)
 
         log_next = log.at(t + 1)
         target = losses.sdc_step(log_next, is_sdc)
@@ -194,8 +205,10 @@ def apg_rollout(
         )
         dist = jax.lax.stop_gradient(jnp.hypot(pred.x - target.x, pred.y - target.y))
         reset = valid & (dist > reset_threshold)
+        extras = {} if step_extras is None else step_extras(view, encoded, h, action, nxt, log_next)
         nxt = _snap(nxt, log_next, reset[..., None] & is_sdc)
         out = {
+            **extras,
             "traj_loss": traj_loss,
             "ce": ce,
             "entropy": gmm.categorical_entropy(),
@@ -224,6 +237,7 @@ def apg_loss(
     simulator: Simulator,
     replay: Trajectory | None = None,
     return_states: bool = False,
+    step_extras: Callable[..., dict[str, Array]] | None = None,
 ) -> tuple[Array, dict[str, Any]]:
     """The APG loss of a batch and its metrics.
 
@@ -241,6 +255,8 @@ def apg_loss(
       replay: optional carried states ``(S, B, N)`` (see the module docstring and
         :func:`apg_rollout`).
       return_states: add the carried states ``(S, B, N)`` to the aux dict as ``states``.
+      step_extras: the per-step hook of :func:`apg_rollout`; with it the aux dict also
+        holds every per-step output under ``steps``.
 
     Returns:
       ``(loss, aux)``: ``aux`` has scalar ``loss``, ``traj_loss``, ``ce``, ``entropy``,
@@ -256,6 +272,7 @@ def apg_loss(
         config=config,
         simulator=simulator,
         replay=replay,
+        step_extras=step_extras,
     )
     valid = out["valid"]
     traj = losses.masked_mean(out["traj_loss"], valid)
@@ -276,6 +293,8 @@ def apg_loss(
     }
     if return_states:
         aux["states"] = out["states"]
+    if step_extras is not None:
+        aux["steps"] = out
     return loss, aux
 
 
@@ -284,38 +303,42 @@ def make_policy_actor(
     preset: str | None = None,
     setting: str = "planning",
     sample: bool = False,
-    mode: int | None = None,
+    mode: int | str | None = None,
 ) -> tuple[Any, Any]:
-    """A trained policy as an SDC actor, loaded from a run (what ``diffdrive eval`` calls).
+    """A trained policy as an actor, loaded from a run (what ``diffdrive eval`` calls).
 
     Args:
       checkpoint: a training run directory or its exported ``policy/``
         (:func:`diffdrive.train.checkpoint.load_policy`).
       preset: with no ``checkpoint``, the model preset of an *untrained* policy (seed 0;
-        for smoke tests); ignored otherwise (the run's own config is used).
-      setting: ``planning`` (the SDC only; the only setting these policies support).
+        for smoke tests; the agent transformer in the multi-agent setting); ignored
+        otherwise (the run's own config is used).
+      setting: ``planning`` (the policy drives the SDC) or ``multi_agent`` (it drives
+        every object, each in its own frame, for ``MultiAgentEnvironment``).
       sample: sample actions (K stochastic modes) instead of the most likely mean.
       mode: a fixed mixture component (see :func:`diffdrive.models.policy.select_action`).
 
     Returns:
-      ``(actor, init_actor_state)`` of :func:`diffdrive.models.policy.make_policy_actor`.
+      ``(actor, init_actor_state)`` of :func:`diffdrive.models.policy.make_policy_actor`
+      (planning) or :func:`diffdrive.models.policy.make_multi_agent_actor` (multi-agent).
     """
     from diffdrive.models import policy as policy_lib
     from diffdrive.models.config import model_config
     from diffdrive.train.checkpoint import load_policy
 
-    if setting != "planning":
-        raise ValueError(
-            f"the APG policy controls the SDC only (setting 'planning'), not {setting!r}"
-        )
+    if setting not in ("planning", "multi_agent"):
+        raise ValueError(f"unknown setting {setting!r}; choose planning or multi_agent")
     if checkpoint is not None:
         model, params, config = load_policy(checkpoint)
     elif preset is not None:
-        config = model_config(preset)
+        overrides = {"agent_encoder": "transformer"} if setting == "multi_agent" else {}
+        config = model_config(preset, **overrides)
         model = Policy(config)
         params = jax.jit(policy_lib.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
     else:
         raise ValueError(
             "make_policy_actor: give a checkpoint (or a preset for an untrained policy)"
         )
+    if setting == "multi_agent":
+        return policy_lib.make_multi_agent_actor(model, params, config, sample=sample, mode=mode)
     return policy_lib.make_policy_actor(model, params, config, sample=sample, mode=mode)

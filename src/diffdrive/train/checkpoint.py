@@ -118,9 +118,15 @@ class Checkpointer:
         )
         self._manager.wait_until_finished()
 
-    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
+    def restore(
+        self, target: Any, step: int | None = None, sharding: Any = None
+    ) -> tuple[Any, dict]:
         """Reads checkpoint ``step`` (default: the latest) into the structure of ``target``
         (arrays or ``jax.ShapeDtypeStruct``; restored arrays are committed to the device).
+
+        ``sharding`` (a ``jax.sharding.Sharding``, e.g. replicated over the current mesh,
+        :func:`diffdrive.distributed.replicated`) places every restored array there,
+        whatever the device count of the run that saved it.
 
         Returns:
           ``(train_state, meta)``.
@@ -132,6 +138,10 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no checkpoint")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        if sharding is not None:
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract
+            )
         out = self._manager.restore(
             int(step),
             args=ocp.args.Composite(
@@ -191,6 +201,11 @@ def load_policy(directory: str | os.PathLike) -> tuple[Policy, Any, ModelConfig]
     if (directory / "policy" / CONFIG_NAME).exists():
         directory = directory / "policy"
     config = load_train_config(directory)
+    if config.algorithm == "awm":  # {"policy", "heads"}: the policy part (awm.load_awm: all)
+        from diffdrive.train import awm
+
+        model, _, params, _ = awm.load_awm(directory)
+        return model, params["policy"], config.model
     abstract = jax.eval_shape(lambda key: init_params(config.model, key), jax.random.PRNGKey(0))
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(directory / "params", abstract)

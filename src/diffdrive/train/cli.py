@@ -7,7 +7,9 @@
                         [--rollout-steps S] [--agent-encoder mlp|transformer] [--awm]
                         [--no-detach] [--action-selection wta|sample|mean]
                         [--no-incremental] [--entropy-weight W]
+                        [--setting planning|multi_agent] [--train-agents N]
                         [--max-steps N] [--no-resume] [--no-progress] [--json]
+                        [--devices N|all]
     diffdrive train bc  ... [--bc-loss nll|wta]
 
 ``PATH`` is a cache directory (``diffdrive data generate`` / ``convert``) or anything
@@ -46,6 +48,9 @@ def _build_config(algorithm: str, args: argparse.Namespace):
         ("action_selection", "action_selection"),
         ("entropy_weight", "entropy_weight"),
         ("bc_loss", "bc_loss"),
+        ("setting", "setting"),
+        ("train_agents", "train_agents"),
+        ("overlap_weight", "overlap_weight"),
     ):
         value = getattr(args, arg, None)
         if value is not None:
@@ -54,10 +59,11 @@ def _build_config(algorithm: str, args: argparse.Namespace):
         overrides["detach"] = False
     if getattr(args, "no_incremental", False):
         overrides["incremental"] = False
-    config = train_config(args.preset, **overrides)
     if args.agent_encoder is not None:
-        model = dataclasses.replace(config.model, agent_encoder=args.agent_encoder)
-        config = dataclasses.replace(config, model=model)
+        # Given together with the setting, so that the config is validated once, whole.
+        model = train_config(args.preset).model
+        overrides["model"] = dataclasses.replace(model, agent_encoder=args.agent_encoder)
+    config = train_config(args.preset, **overrides)
     if args.awm:
         config = config.with_awm_recipe()
         if args.epochs is not None:
@@ -67,10 +73,13 @@ def _build_config(algorithm: str, args: argparse.Namespace):
 
 def cmd_train(algorithm: str, args: argparse.Namespace) -> int:
     """Runs one training command; returns the exit code."""
+    from diffdrive import distributed
     from diffdrive.train import loop
 
     try:
         config = _build_config(algorithm, args)
+        mesh = distributed.mesh_from_cli(getattr(args, "devices", None))
+        distributed.check_batch_size(config.batch_size, mesh)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -82,6 +91,7 @@ def cmd_train(algorithm: str, args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         resume=not args.no_resume,
         stop_after_steps=args.max_steps,
+        mesh=mesh,
     )
     summary = {
         "out": str(args.out),
@@ -123,7 +133,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="one-cycle peak learning rate")
     p.add_argument("--dynamics", choices=sorted(DYNAMICS_REGISTRY), default=None)
     p.add_argument("--rollout-steps", type=int, default=None)
-    p.add_argument("--agent-encoder", choices=("mlp", "transformer"), default=None)
+    p.add_argument(
+        "--agent-encoder",
+        choices=("mlp", "transformer"),
+        default=None,
+        help="default: mlp for planning, transformer for multi_agent",
+    )
+    p.add_argument(
+        "--setting",
+        choices=("planning", "multi_agent"),
+        default=None,
+        help="planning (the policy drives the SDC) or multi_agent (every valid object)",
+    )
+    p.add_argument(
+        "--train-agents",
+        type=int,
+        default=None,
+        help="multi_agent: drive at most N objects per scenario in training (nearest the SDC)",
+    )
     p.add_argument(
         "--awm",
         action="store_true",
@@ -133,6 +160,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, default=None, help="stop at this global step (resumable)"
     )
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="data-parallel devices: N or 'all' (default 1; all in a multi-process job, "
+        "see README 'Scaling out'); the batch size must be a multiple",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -163,6 +196,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bc-loss", choices=("nll", "wta"), default=None)
     p.add_argument("--entropy-weight", type=float, default=None)
     p.set_defaults(func=functools.partial(cmd_train, "bc"))
+
+    p = sub.add_parser(
+        "awm",
+        help="APG plus the analytic world-model heads (AWM; the AWM recipe by default)",
+        description="APG training with world-model heads on detached inputs (relative "
+        "odometry, optimal planner, inverse state, latent next feature, reward), trained "
+        "through the simulator, and an optional differentiable overlap cost. Plan with the "
+        "result via `diffdrive plan mpc`.",
+    )
+    _add_common(p)
+    p.add_argument("--no-incremental", action="store_true", help="never snap back to the log")
+    p.add_argument("--entropy-weight", type=float, default=None)
+    p.add_argument("--overlap-weight", type=float, default=None, help="Gaussian overlap weight")
+    p.set_defaults(func=functools.partial(cmd_train, "awm"), awm=True)
+
+    p = sub.add_parser(
+        "variant",
+        help="train one named variant of the APG study (params.yaml 'apg' section)",
+        description="Trains variant NAME of the params file's 'apg.variants' on the training "
+        "split (the first apg.num_train scenarios) into runs/NAME; resumable.",
+    )
+    p.add_argument("name", help="variant name (a key of apg.variants)")
+    p.add_argument("--params", default="params.yaml", help="params file with an 'apg' section")
+    p.add_argument("--data", default="data/scenarios", help="scenario cache")
+    p.add_argument("--out", default=None, help="run directory (default runs/NAME)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_variant)
+
+
+def cmd_variant(args: argparse.Namespace) -> int:
+    """Trains one variant of the APG study; returns the exit code."""
+    from diffdrive.train import study
+
+    try:
+        cfg = study.load_study(args.params)
+        study.variant_config(cfg, args.name)
+    except (KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or f"runs/{args.name}"
+    summary = study.train_variant(cfg, args.name, args.data, out, progress=not args.no_progress)
+    state = "diverged: " + summary["diverged"] if summary["diverged"] else "done"
+    print(
+        f"{args.name}: {summary['steps']}/{summary['total_steps']} steps in "
+        f"{summary['wall_s']:.0f} s, {state}; {out}"
+    )
+    return 0
 
 
 configure = register

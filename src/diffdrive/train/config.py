@@ -17,9 +17,10 @@ from diffdrive.models.config import ModelConfig
 from diffdrive.sim.datatypes import INIT_STEPS, NUM_TIMESTEPS
 from diffdrive.sim.dynamics import DYNAMICS_REGISTRY
 
-ALGORITHMS = ("apg", "bc")
+ALGORITHMS = ("apg", "bc", "awm")
 ACTION_SELECTIONS = ("wta", "sample", "mean")
 BC_LOSSES = ("nll", "wta")
+SETTINGS = ("planning", "multi_agent")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,20 @@ class TrainConfig:
       max_objects: object slots of the training batches (``None``: the dataset's largest).
       num_roadgraph_points: roadgraph points of the batches (``None``: the dataset's
         largest); fewer keeps those nearest the SDC (:func:`diffdrive.data.select.pad_roadgraph`).
+      setting: ``planning`` (the policy drives the SDC, the rest replays the log) or
+        ``multi_agent`` (it drives every object valid at the last warm-up step, each in
+        its own ego frame; :mod:`diffdrive.train.multi_agent`). Both agent encoders pool
+        over any agent count; :func:`train_config` picks the transformer (the APG paper's
+        multi-agent model) when no model is given, the per-agent MLP is the DSS paper's
+        other-agents policy.
+      train_agents: multi-agent training drives at most this many objects per scenario,
+        those nearest the SDC (SDC included), the others replay the log (``None``: all
+        controlled objects). Evaluation always drives every valid object.
+      awm_head_weights: ``awm`` only: weights of the world-model head losses (odometry,
+        planner, inverse state, latent next feature, reward); the heads read detached
+        inputs, so these never move the policy (:mod:`diffdrive.train.awm`).
+      overlap_weight: ``awm`` only: weight of the differentiable Gaussian overlap cost
+        (AWM Eq. 6-9) of the SDC's next state, which does train the policy; 0 disables.
     """
 
     algorithm: str = "apg"
@@ -106,6 +121,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     max_objects: int | None = None
     num_roadgraph_points: int | None = 2000
+    setting: str = "planning"
+    train_agents: int | None = None
+    awm_head_weights: tuple[float, float, float, float, float] = (1.0, 1.0, 1.0, 1.0, 1.0)
+    overlap_weight: float = 0.0
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -135,6 +154,19 @@ class TrainConfig:
             raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
         if len(self.state_weights) != 5:
             raise ValueError("state_weights needs 5 entries (x, y, yaw, vel_x, vel_y)")
+        if len(self.awm_head_weights) != 5 or min(self.awm_head_weights) < 0:
+            raise ValueError(
+                "awm_head_weights needs 5 non-negative entries (odometry, planner, "
+                f"inverse_state, latent, reward), got {self.awm_head_weights}"
+            )
+        if self.overlap_weight < 0:
+            raise ValueError(f"overlap_weight must be >= 0, got {self.overlap_weight}")
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+        if self.train_agents is not None and self.train_agents < 1:
+            raise ValueError(f"train_agents must be >= 1 or None, got {self.train_agents}")
+        if self.setting == "multi_agent" and self.algorithm not in ("apg", "bc"):
+            raise ValueError(f"the multi_agent setting trains apg or bc, not {self.algorithm!r}")
 
     def make_dynamics(self):
         """The training dynamics model."""
@@ -191,7 +223,14 @@ PRESETS = ("tiny", "default", "paper")
 
 
 def train_config(preset: str = "default", **overrides) -> TrainConfig:
-    """A preset (``tiny``, ``default``, ``paper``) with field overrides."""
+    """A preset (``tiny``, ``default``, ``paper``) with field overrides.
+
+    ``setting="multi_agent"`` without a ``model`` takes the preset's model with the agent
+    transformer.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown training preset {preset!r}; choose one of {PRESETS}")
+    if overrides.get("setting") == "multi_agent" and "model" not in overrides:
+        model = getattr(ModelConfig, preset)()
+        overrides["model"] = dataclasses.replace(model, agent_encoder="transformer")
     return getattr(TrainConfig, preset)(**overrides)

@@ -26,11 +26,12 @@ from flax import struct
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
+from diffdrive import distributed
 from diffdrive.data import batching
 from diffdrive.data.types import DecodedScenario
 from diffdrive.models.policy import Policy, init_params
 from diffdrive.sim.datatypes import Array, SimulatorState
-from diffdrive.train import apg, bc, checkpoint
+from diffdrive.train import apg, awm, bc, checkpoint
 from diffdrive.train.config import TrainConfig
 from diffdrive.train.schedule import learning_rate, make_optimizer, reset_threshold
 
@@ -60,7 +61,11 @@ class TrainState:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _initial_state(config: TrainConfig, seed: Array, total_steps: Array) -> TrainState:
-    params = init_params(config.model, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+    if config.algorithm == "awm":
+        params = awm.init_params(config, key)
+    else:
+        params = init_params(config.model, key)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         total_steps=jnp.asarray(total_steps, jnp.int32),
@@ -91,12 +96,26 @@ def step_key(config: TrainConfig, step: int) -> Array:
 def make_loss_fn(
     config: TrainConfig, simulator: apg.Simulator | None = None
 ) -> Callable[..., tuple[Array, dict]]:
-    """``loss_fn(params, batch, key, reset_threshold) -> (loss, aux)`` for the algorithm."""
+    """``loss_fn(params, batch, key, reset_threshold) -> (loss, aux)`` for the algorithm
+    and setting (``multi_agent``: :mod:`diffdrive.train.multi_agent`)."""
     model = Policy(config.model)
     dynamics = config.make_dynamics()
+    if config.setting == "multi_agent":
+        from diffdrive.train import multi_agent
+
+        if config.algorithm == "bc":
+            return functools.partial(
+                multi_agent.multi_agent_bc_loss, model=model, config=config, dynamics=dynamics
+            )
+        sim = simulator or apg.Simulator(dynamics)
+        return functools.partial(
+            multi_agent.multi_agent_apg_loss, model=model, config=config, simulator=sim
+        )
     if config.algorithm == "bc":
         return functools.partial(bc.bc_loss, model=model, config=config, dynamics=dynamics)
     sim = simulator or apg.Simulator(dynamics)
+    if config.algorithm == "awm":
+        return functools.partial(awm.awm_loss, config=config, simulator=sim)
     return functools.partial(apg.apg_loss, model=model, config=config, simulator=sim)
 
 
@@ -110,7 +129,7 @@ def build_train_step(
     ``reset_threshold``.
     """
     loss_fn = make_loss_fn(config, simulator)
-    tx = make_optimizer(config)
+    tx = awm.make_optimizer(config) if config.algorithm == "awm" else make_optimizer(config)
 
     def train_step(state: TrainState, batch: SimulatorState, key: Array):
         threshold = reset_threshold(config, state.step, state.total_steps)
@@ -122,7 +141,7 @@ def build_train_step(
         lr = learning_rate(config, state.step, state.total_steps)
         params = unravel(flat_params - lr.astype(updates.dtype) * updates)
         metrics = dict(aux, grad_norm=jnp.linalg.norm(flat_grads), lr=lr)
-        if config.algorithm == "apg":
+        if config.algorithm in ("apg", "awm"):
             metrics["reset_threshold"] = threshold
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
@@ -144,23 +163,38 @@ def _step_cache_key(config: TrainConfig) -> TrainConfig:
     )
 
 
+def _jit_step(step: Callable, mesh: jax.sharding.Mesh | None) -> Callable:
+    if mesh is None:
+        return jax.jit(step)
+    # The inputs carry their shardings (state replicated, batch split over "data"); the
+    # outputs are pinned replicated, so the compiler all-reduces the gradients.
+    replicated = distributed.replicated(mesh)
+    return jax.jit(step, out_shardings=(replicated, replicated))
+
+
 @functools.lru_cache(maxsize=16)
-def _cached_train_step(key: TrainConfig):
-    return jax.jit(build_train_step(key))
+def _cached_train_step(key: TrainConfig, mesh: jax.sharding.Mesh | None = None):
+    return _jit_step(build_train_step(key), mesh)
 
 
 def make_train_step(
-    config: TrainConfig, simulator: apg.Simulator | None = None
+    config: TrainConfig,
+    simulator: apg.Simulator | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[[TrainState, SimulatorState, Array], tuple[TrainState, dict]]:
     """The jitted train step.
 
     Cached per computation-relevant config (seed, epochs, batch size, checkpointing and
-    data shape settings excluded; the run length is part of the state), so runs in one
-    process share a compilation.
+    data shape settings excluded; the run length is part of the state) and mesh, so runs
+    in one process share a compilation. With a ``mesh``
+    (:func:`diffdrive.distributed.make_mesh`) pass the state replicated
+    (:func:`~diffdrive.distributed.replicate`) and the batch split over its ``data`` axis
+    (:func:`~diffdrive.distributed.shard_batch`); the new state and the metrics come back
+    replicated.
     """
     if simulator is None:
-        return _cached_train_step(_step_cache_key(config))
-    return jax.jit(build_train_step(config, simulator))
+        return _cached_train_step(_step_cache_key(config), mesh)
+    return _jit_step(build_train_step(config, simulator), mesh)
 
 
 # --------------------------------------------------------------------------------------
@@ -192,6 +226,9 @@ class BatchSource:
       seed: the order's seed.
       max_objects, num_roadgraph_points: the batch shape (``None``: the dataset's largest).
       num_timesteps: steps every log is cut or padded to.
+      rows: the rows of every batch this source yields (default all; with several
+        processes, this process's :func:`diffdrive.distributed.process_rows`): only
+        their scenarios are read.
     """
 
     def __init__(
@@ -202,6 +239,7 @@ class BatchSource:
         max_objects: int | None = None,
         num_roadgraph_points: int | None = None,
         num_timesteps: int = 91,
+        rows: slice | None = None,
     ):
         if len(dataset) == 0:
             raise ValueError("the training dataset is empty")
@@ -219,6 +257,7 @@ class BatchSource:
         self.max_objects = max_objects or n_max
         self.num_roadgraph_points = num_roadgraph_points or p_max
         self.num_timesteps = num_timesteps
+        self.rows = slice(None) if rows is None else rows
         self._order: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -247,7 +286,7 @@ class BatchSource:
     def batch(self, epoch: int, index: int) -> SimulatorState:
         """Batch ``index`` of ``epoch``: numpy leaves ``(B, ...)``, no simulated trajectory."""
         b = self.batch_size
-        idx = self.order(epoch)[index * b : (index + 1) * b]
+        idx = self.order(epoch)[index * b : (index + 1) * b][self.rows]
         flat = batching.stack_arrays([self._arrays(i) for i in idx])
         return apg.training_batch(batching.state_from_flat_batch(flat))
 
@@ -296,6 +335,7 @@ def train(
     resume: bool = True,
     stop_after_steps: int | None = None,
     prefetch: int = 2,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> TrainResult:
     """Trains a policy (APG or BC) and, with ``out_dir``, checkpoints and exports it.
 
@@ -311,6 +351,12 @@ def train(
       stop_after_steps: stop once this global step count is reached without a final
         checkpoint or export (what a killed run leaves behind; for tests).
       prefetch: batches prepared ahead in a background thread.
+      mesh: the devices (:func:`diffdrive.distributed.make_mesh`; default one device):
+        every batch is split over its ``data`` axis, the state replicated, one code path
+        for any count. The batch size must be a multiple of the device count. With
+        several processes each reads only its rows of every batch. The results match a
+        single device to float tolerance (the gradient sum is reduced in another order);
+        checkpoints restore onto any device count.
 
     Returns:
       :class:`TrainResult`.
@@ -327,7 +373,10 @@ def train(
     )
     spe = source.steps_per_epoch
     total = config.epochs * spe
-    step_fn = make_train_step(config)
+    mesh = distributed.make_mesh(1) if mesh is None else mesh
+    distributed.check_batch_size(source.batch_size, mesh)
+    source.rows = distributed.process_rows(source.batch_size, mesh)
+    step_fn = make_train_step(config, mesh=mesh)
     config_dict = checkpoint.config_to_dict(config)
 
     history: list[dict] = []
@@ -351,21 +400,26 @@ def train(
                 )
             key_config, *args = _initial_state_args(config, total)
             abstract = jax.eval_shape(functools.partial(_initial_state, key_config), *args)
-            state, meta = ckpt.restore(abstract)
+            state, meta = ckpt.restore(abstract, sharding=distributed.replicated(mesh))
             start = int(state.step)
             history, sums, count = meta["history"], meta["epoch_sums"], meta["epoch_count"]
         checkpoint.write_json_atomic(out / checkpoint.CONFIG_NAME, config_dict)
     if state is None:
         state = create_train_state(config, total)
-    # Restored arrays are committed to the device; commit fresh ones too, so that both
-    # hit the same compiled train step.
-    state = jax.device_put(state, jax.devices()[0])
+    # Restored arrays are committed to the mesh; commit fresh ones too, so that both hit
+    # the same compiled train step.
+    state = distributed.replicate(state, mesh)
 
     end = total if stop_after_steps is None else min(total, int(stop_after_steps))
     epoch_start = time.perf_counter()
     done = start
     bar = tqdm(total=total, initial=start, disable=not progress, desc=f"train {config.algorithm}")
-    loader = batching.PrefetchLoader(source.iterate(start, end), buffer_size=prefetch)
+    loader = batching.PrefetchLoader(
+        source.iterate(start, end),
+        buffer_size=prefetch,
+        transform=functools.partial(distributed.shard_batch, mesh=mesh, process_local=True),
+        to_device=False,
+    )
     try:
         with loader:
             for step, batch in zip(range(start, end), loader):
