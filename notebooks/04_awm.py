@@ -50,6 +50,9 @@ overlap_weight = 0.05
 odometry_horizons = [5, 10, 15]
 figure_scenarios = 3
 overhead_steps = 3
+# The policy's deterministic action (one reactive rollout, MPC's trajectory 0, the traced
+# driver): "mixture_mean" or "most_likely" (the most likely component's mean).
+mean_action = "mixture_mean"
 runs_dir = "runs/awm"
 results_dir = "results"
 figures_dir = "paper_tables/figures"
@@ -184,22 +187,41 @@ print(
 )
 
 # %% [markdown]
+# ## Deterministic actions
+#
+# Wherever a deterministic policy action is needed (the K = 1 reactive rows, MPC's imagined
+# trajectory 0 and so its N = 1 rows, the traced driver of Table II and Figure 7) it is
+# the **mixture mean** (`mean_action = "mixture_mean"`). The most likely component's mean,
+# the other choice, is a poor driver here: the winner-take-all-trained mixture weights do
+# not reliably pick the best component (in the APG study: 8.75 m ADE against 2.48 m for
+# the mixture mean of the same policy).
+#
 # ## Table II: odometry accuracy against the imagination horizon
 #
-# The behaviour policy drives; from every step the latent next-feature model, the GRU and
-# the odometry head imagine the ego motion under the executed actions.
+# The behaviour policy (mixture mean) drives; from every step the latent next-feature
+# model, the GRU and the odometry head imagine the ego motion under the executed actions.
 
 # %%
 batches = list(rollouts.batches_with_ids(test_set, eval_batch_size, max_objects, roadgraph_points))
-table2 = ex.odometry_error_table(agent, batches, odometry_horizons)
+table2 = ex.odometry_error_table(agent, batches, odometry_horizons, mean_action=mean_action)
 write_table("awm_table_2", table2)
 display(Markdown("\n".join(f"- {r['horizon_steps']} steps: ADE {r['ade']:.4f} m" for r in table2)))
 
 # %% [markdown]
 # ## Table III: the planner head as a reactive driver
+#
+# The baseline is the behaviour policy at `baseline_rollouts` sampled rollouts (min ADE over
+# them). The planner head predicts the next velocity, the inverse kinematics (Eq. 11) turn
+# it into an action, and Waymax's bicycle executes it with its usual clipping. The head is
+# trained on the next state's (x, y, yaw) *and velocity*: on (x, y, yaw) alone (the paper's
+# appendix) the speed reaches the loss only through the `a dt^2 / 2` term of the position,
+# the minimiser turns any along-track gap r into an acceleration 2 r / dt^2, and the head
+# learned a constant +30 m/s^2 (63 m ADE).
 
 # %%
-table3 = ex.table3_rows(agent, test_set, baseline_rollouts=baseline_rollouts, **EVAL)
+table3 = ex.table3_rows(
+    agent, test_set, baseline_rollouts=baseline_rollouts, mean_action=mean_action, **EVAL
+)
 write_table("awm_table_3", table3, baseline_rollouts=baseline_rollouts)
 for r in table3:
     print(
@@ -208,10 +230,21 @@ for r in table3:
 
 # %% [markdown]
 # ## Table IV: the inverse-state norm as the MPC reward
+#
+# MPC (Algorithm 1) imagines 4 trajectories: trajectory 0 follows the mixture mean, the
+# others sample the mixture; the first actions of the `top_k` best are averaged. The
+# log-distance rewards are privileged oracles (the distance of the true kinematic next
+# position to the log's).
 
 # %%
 table4 = ex.table4_rows(
-    agent, test_set, num_rollouts=4, horizon=planning_horizon, top_k=top_k, **EVAL
+    agent,
+    test_set,
+    num_rollouts=4,
+    horizon=planning_horizon,
+    top_k=top_k,
+    mean_action=mean_action,
+    **EVAL,
 )
 write_table("awm_table_4", table4, horizon=planning_horizon, imagined=4, top_k=top_k)
 for r in table4:
@@ -221,6 +254,9 @@ for r in table4:
 
 # %% [markdown]
 # ## Table V: MPC with more imagined (one-step) trajectories
+#
+# Ranked by the reward head (`-||s_{t+1} - s^log_{t+1}||` over x, y, yaw and velocity);
+# N = 1 is the mixture mean alone.
 
 # %%
 table5 = ex.table5_rows(
@@ -229,6 +265,7 @@ table5 = ex.table5_rows(
     {"plan_heading": table5_heading_rollouts, "plan_waypoint": table5_waypoint_rollouts},
     horizon=1,
     top_k=top_k,
+    mean_action=mean_action,
     **EVAL,
 )
 write_table("awm_table_5", table5, horizon=1, top_k=top_k, reward="reward_head")
@@ -239,9 +276,17 @@ for r in table5:
 
 # %% [markdown]
 # ## Table VII: the differentiable overlap loss
+#
+# K = 1: the mixture mean; K > 1: mixture samples (min over the K rollouts).
 
 # %%
-table7 = ex.table7_rows({False: agent, True: agents["overlap"]}, test_set, table7_rollouts, **EVAL)
+table7 = ex.table7_rows(
+    {False: agent, True: agents["overlap"]},
+    test_set,
+    table7_rollouts,
+    mean_action=mean_action,
+    **EVAL,
+)
 write_table("awm_table_7", table7, overlap_weight=overlap_weight)
 for r in table7:
     print(
@@ -267,7 +312,7 @@ forced = ex.forced_command_traces(agent, fig_batch, num_steps=40, horizon=10)
 save_png(viz.plot_forced_imagination(forced, scenario=0), figures / "awm_fig5.png")
 planner_trace = jax.device_get(ex.trace(*agent, fig_batch, driver="planner"))
 save_png(viz.plot_planner_trajectories(planner_trace, shown), figures / "awm_fig6.png")
-policy_trace = jax.device_get(ex.trace(*agent, fig_batch))
+policy_trace = jax.device_get(ex.trace(*agent, fig_batch, mean_action=mean_action))
 save_png(viz.plot_inverse_state_colouring(policy_trace, shown), figures / "awm_fig7.png")
 demo = ex.overlap_tradeoff()
 save_png(viz.plot_overlap_tradeoff(demo), figures / "awm_fig8.png")

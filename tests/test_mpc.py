@@ -70,6 +70,42 @@ def test_log_distance_scores_by_hand():
     np.testing.assert_allclose(masked, [0.0, -3.0])
 
 
+def test_log_state_scores_wrap_the_yaw_by_hand():
+    # (x, y, yaw, vel_x, vel_y): trajectory 0 is 0.1 rad off across the +-pi seam.
+    state = jnp.array([[[0.0, 0.0, 3.1, 1.0, 0.0]], [[3.0, 4.0, -3.1, 1.0, 0.0]]])
+    imagined = {"kinematic_xy": state[..., :2], "kinematic_state": state}
+    log = jnp.array([[0.0, 0.0, -3.0832, 1.0, 0.0]])
+    scores = mpc.score(imagined, "neg_dist_log", log, jnp.array([True]))
+    np.testing.assert_allclose(scores, [-0.1, -np.hypot(5.0, 0.0168)], rtol=1e-3)
+    xy_only = mpc.score(imagined, "neg_dist_log", log[..., :2], jnp.array([True]))
+    np.testing.assert_allclose(xy_only, [0.0, -5.0], atol=1e-6)
+
+
+def test_deterministic_action_by_hand():
+    gmm = policy_lib.GaussianMixture(
+        logits=jnp.log(jnp.array([0.3, 0.7])),
+        means=jnp.array([[2.0, 0.1], [-1.0, 0.0]]),
+        log_stds=jnp.zeros((2, 2)),
+    )
+    np.testing.assert_allclose(mpc.deterministic_action(gmm), [-0.1, 0.03], rtol=1e-5)
+    np.testing.assert_allclose(mpc.deterministic_action(gmm, "most_likely"), [-1.0, 0.0])
+    with pytest.raises(ValueError, match="mean_action"):
+        mpc.MPCConfig(mean_action="mode")
+
+
+def test_single_imagined_trajectory_is_the_deterministic_reactive_policy():
+    # N = 1 executes trajectory 0, the mixture mean (or, on request, the most likely
+    # component's mean): exactly the reactive policy with the same deterministic action.
+    model, heads, params = _agent()
+    for mean_action, mode in (("mixture_mean", policy_lib.MIXTURE_MEAN), ("most_likely", None)):
+        reactive = _run(
+            *policy_lib.make_policy_actor(model, params["policy"], model.config, mode=mode)
+        )
+        config = mpc.MPCConfig(num_rollouts=1, horizon=1, top_k=3, mean_action=mean_action)
+        planned = _run(*mpc.make_mpc_actor(model, heads, params, config), seed=3)
+        np.testing.assert_allclose(planned["ade"], reactive["ade"], rtol=1e-5)
+
+
 def test_untrained_odometry_imagines_constant_speed_motion():
     # The heads' last layers start at zero, so the odometry is its kinematic prior.
     model, heads, params = _agent()
@@ -108,7 +144,11 @@ def _first_sdc():
 
 def test_mpc_with_the_log_reward_beats_the_reactive_policy_and_is_deterministic():
     model, heads, params = _agent()
-    reactive = _run(*policy_lib.make_policy_actor(model, params["policy"], model.config))
+    reactive = _run(
+        *policy_lib.make_policy_actor(
+            model, params["policy"], model.config, mode=policy_lib.MIXTURE_MEAN
+        )
+    )
     config = mpc.MPCConfig(num_rollouts=8, horizon=1, top_k=1, reward="neg_dist_log")
     actor, init = mpc.make_mpc_actor(model, heads, params, config)
     planned = _run(actor, init)

@@ -3,7 +3,10 @@ agent, so the notebook (``notebooks/04_awm.py``) stays thin.
 
 Closed-loop numbers go through :func:`diffdrive.eval.rollouts.evaluate` (planning setting,
 Waymax's bicycle with clipping, 80 steps after the 11-step warm-up), rows through
-:func:`diffdrive.eval.aggregate.table_row`. The imagination experiments (Table II, Fig. 5,
+:func:`diffdrive.eval.aggregate.table_row`. Wherever a deterministic policy action is
+needed (one reactive rollout, MPC's trajectory 0, the traced driver) it is the mixture
+mean by default (``mean_action``; ``"most_likely"``, the most likely component's mean,
+drives much worse with WTA-trained weights). The imagination experiments (Table II, Fig. 5,
 7) trace a closed-loop rollout (:func:`trace`) and replay the world model on it.
 """
 
@@ -82,16 +85,26 @@ def _row(results: rollouts.EvalResults, **settings: Any) -> dict[str, Any]:
     return row
 
 
-def _policy_actor(agent: Agent, sample: bool):
+def _policy_actor(agent: Agent, sample: bool, mean_action: str = "mixture_mean"):
     model, _, params = agent
-    return policy_lib.make_policy_actor(model, params["policy"], model.config, sample=sample)
+    mode = None
+    if not sample:
+        mpc.MPCConfig(mean_action=mean_action)  # validates the name
+        mode = policy_lib.MIXTURE_MEAN if mean_action == "mixture_mean" else None
+    return policy_lib.make_policy_actor(
+        model, params["policy"], model.config, sample=sample, mode=mode
+    )
 
 
-def reactive_row(agent: Agent, scenarios, num_rollouts: int, **kw) -> dict[str, Any]:
-    """The behaviour policy alone, ``num_rollouts`` rollouts (sampled when > 1; else the
-    most likely component's mean)."""
-    actor, init = _policy_actor(agent, sample=num_rollouts > 1)
-    return _row(evaluate_actor(actor, init, scenarios, num_modes=num_rollouts, **kw))
+def reactive_row(
+    agent: Agent, scenarios, num_rollouts: int, mean_action: str = "mixture_mean", **kw
+) -> dict[str, Any]:
+    """The behaviour policy alone, ``num_rollouts`` rollouts (mixture samples when > 1;
+    else the deterministic ``mean_action``, :func:`diffdrive.plan.mpc.deterministic_action`)."""
+    actor, init = _policy_actor(agent, num_rollouts > 1, mean_action)
+    row = _row(evaluate_actor(actor, init, scenarios, num_modes=num_rollouts, **kw))
+    row["action"] = "sampled" if num_rollouts > 1 else mean_action
+    return row
 
 
 def planner_row(agent: Agent, scenarios, **kw) -> dict[str, Any]:
@@ -108,10 +121,16 @@ def mpc_row(agent: Agent, scenarios, config: mpc.MPCConfig, **kw) -> dict[str, A
     return row
 
 
-def table3_rows(agent: Agent, scenarios, baseline_rollouts: int = 32, **kw) -> list[dict]:
+def table3_rows(
+    agent: Agent,
+    scenarios,
+    baseline_rollouts: int = 32,
+    mean_action: str = "mixture_mean",
+    **kw,
+) -> list[dict]:
     """Table III: ``apg_baseline`` (the behaviour policy, which AWM trains exactly as APG,
-    at ``baseline_rollouts`` sampled rollouts) and ``planner``."""
-    base = reactive_row(agent, scenarios, baseline_rollouts, **kw)
+    at ``baseline_rollouts`` sampled rollouts; ``mean_action`` when 1) and ``planner``."""
+    base = reactive_row(agent, scenarios, baseline_rollouts, mean_action, **kw)
     base.update(setting="apg_baseline", num_rollouts=baseline_rollouts)
     plan = planner_row(agent, scenarios, **kw)
     plan.update(setting="planner", num_rollouts=1)
@@ -127,13 +146,27 @@ TABLE4_REWARDS = {
 
 
 def table4_rows(
-    agent: Agent, scenarios, num_rollouts: int = 4, horizon: int = 1, top_k: int = 3, **kw
+    agent: Agent,
+    scenarios,
+    num_rollouts: int = 4,
+    horizon: int = 1,
+    top_k: int = 3,
+    mean_action: str = "mixture_mean",
+    oracle_fields: str = "xy",
+    **kw,
 ) -> list[dict]:
-    """Table IV: MPC ranked by the log distance (oracle, best and worst) or the inverse-state
-    norm."""
+    """Table IV: MPC ranked by the log distance (oracle, best and worst; over
+    ``oracle_fields``) or the inverse-state norm; trajectory 0 follows ``mean_action``."""
     rows = []
     for key, reward in tqdm(TABLE4_REWARDS.items(), desc="table IV", leave=False):
-        config = mpc.MPCConfig(num_rollouts, horizon, top_k, reward)
+        config = mpc.MPCConfig(
+            num_rollouts,
+            horizon,
+            top_k,
+            reward,
+            mean_action=mean_action,
+            oracle_fields=oracle_fields,
+        )
         rows.append(dict(mpc_row(agent, scenarios, config, **kw), reward=key))
     return rows
 
@@ -145,27 +178,33 @@ def table5_rows(
     horizon: int = 1,
     top_k: int = 3,
     reward: str = "reward_head",
+    mean_action: str = "mixture_mean",
     **kw,
 ) -> list[dict]:
     """Table V: MPC with the reward head and more imagined one-step trajectories, for the
-    ``plan_heading`` and ``plan_waypoint`` agents."""
+    ``plan_heading`` and ``plan_waypoint`` agents (trajectory 0 follows ``mean_action``)."""
     rows = []
     for setting, counts in rollouts_by_setting.items():
         for n in tqdm(counts, desc=f"table V {setting}", leave=False):
-            config = mpc.MPCConfig(n, horizon, top_k, reward)
+            config = mpc.MPCConfig(n, horizon, top_k, reward, mean_action=mean_action)
             row = mpc_row(agents[setting], scenarios, config, **kw)
             rows.append(dict(row, setting=setting, num_rollouts=n))
     return rows
 
 
 def table7_rows(
-    agents: dict[bool, Agent], scenarios, rollout_counts: Sequence[int] = (1, 8), **kw
+    agents: dict[bool, Agent],
+    scenarios,
+    rollout_counts: Sequence[int] = (1, 8),
+    mean_action: str = "mixture_mean",
+    **kw,
 ) -> list[dict]:
-    """Table VII: reactive policies trained without / with the differentiable overlap."""
+    """Table VII: reactive policies trained without / with the differentiable overlap
+    (``K = 1``: the deterministic ``mean_action``; more: mixture samples)."""
     rows = []
     for flag, agent in agents.items():
         for k in rollout_counts:
-            row = reactive_row(agent, scenarios, k, **kw)
+            row = reactive_row(agent, scenarios, k, mean_action, **kw)
             rows.append(dict(row, diff_overlap_loss=bool(flag), num_rollouts=k))
     return rows
 
@@ -173,7 +212,9 @@ def table7_rows(
 # --------------------------------------------------------------------------- traces
 
 
-@functools.partial(jax.jit, static_argnames=("model", "heads", "num_steps", "driver", "dynamics"))
+@functools.partial(
+    jax.jit, static_argnames=("model", "heads", "num_steps", "driver", "dynamics", "mean_action")
+)
 def trace(
     model: Policy,
     heads: wm.WorldModelHeads,
@@ -184,11 +225,13 @@ def trace(
     num_steps: int = 80,
     driver: str = "policy",
     dynamics: DynamicsModel = InvertibleBicycleModel(),
+    mean_action: str = "mixture_mean",
 ) -> dict[str, jax.Array]:
     """A closed-loop rollout that records what the world model needs (one ``lax.scan``).
 
     The GRU warms up on the logged steps ``0 .. 9``; from the logged step 10 the SDC is
-    driven for ``num_steps`` by the behaviour policy's most likely mean (``driver="policy"``),
+    driven for ``num_steps`` by the behaviour policy's deterministic action
+    (``driver="policy"``; ``mean_action``, :func:`diffdrive.plan.mpc.deterministic_action`),
     by the planner head (``"planner"``), or by ``forced_action`` ``(2,)`` / ``(B, 2)``
     (Fig. 5); the rest replays the log (Waymax planning rules).
 
@@ -229,7 +272,7 @@ def trace(
                 dynamics, sdc, wm.planner_velocity(raw, wm.speed_of(sdc))
             )
         else:
-            action = gmm.component_mean(gmm.most_likely_component())
+            action = mpc.deterministic_action(gmm, mean_action)
         out = heads.apply(hp, g, h, action)
         act = Action(data=action, valid=jnp.ones(action.shape[:-1] + (1,), bool))
         nxt = sim.step(view, act)
@@ -321,14 +364,23 @@ def odometry_error_table(
     batches,
     horizons: Sequence[int] = (5, 10, 15),
     num_steps: int = 80,
+    mean_action: str = "mixture_mean",
 ) -> list[dict[str, Any]]:
     """Table II over every batch (``(state, ids)`` pairs or states): the policy drives
-    (:func:`trace`), then :func:`odometry_errors`; windows are pooled over batches."""
+    (:func:`trace`, its ``mean_action``), then :func:`odometry_errors`; windows are pooled
+    over batches."""
     model, heads, params = agent
     sums: dict[int, list[float]] = {h: [0.0, 0.0, 0] for h in horizons}
     for item in tqdm(batches, desc="table II", leave=False):
         state = item[0] if isinstance(item, tuple) else item
-        traced = trace(model, heads, params, jax.tree.map(jnp.asarray, state), num_steps=num_steps)
+        traced = trace(
+            model,
+            heads,
+            params,
+            jax.tree.map(jnp.asarray, state),
+            num_steps=num_steps,
+            mean_action=mean_action,
+        )
         for row in odometry_errors(agent, traced, horizons):
             acc = sums[row["horizon_steps"]]
             acc[0] += row["ade"] * row["num_windows"]

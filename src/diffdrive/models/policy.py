@@ -312,6 +312,26 @@ def select_action(gmm: GaussianMixture, key: Array, sample: bool, mode: int | st
     return gmm.sample_component(key, k) if sample else gmm.component_mean(k)
 
 
+def _actor_model(
+    model: Policy | None, config: ModelConfig | None, mode: int | str | None, caller: str
+) -> tuple[Policy, ModelConfig]:
+    """The actor's network and config, checked (``mode``: see :func:`select_action`)."""
+    if model is None:
+        if config is None:
+            raise ValueError(f"{caller}: give a model or a config")
+        model = Policy(config)
+    cfg = config or model.config
+    if config is not None and model.config != config:
+        raise ValueError(f"{caller}: config differs from model.config")
+    if mode not in (None, MIXTURE_MEAN) and not (
+        isinstance(mode, int) and 0 <= mode < cfg.num_components
+    ):
+        raise ValueError(
+            f"mode must be in [0, {cfg.num_components}) or {MIXTURE_MEAN!r}, got {mode!r}"
+        )
+    return model, cfg
+
+
 def make_policy_actor(
     model: Policy | None,
     params: Any,
@@ -337,19 +357,7 @@ def make_policy_actor(
       ``state`` (which may also be passed alone, positionally), the state warmed up on
       its logged history (:func:`warm_up`).
     """
-    if model is None:
-        if config is None:
-            raise ValueError("make_policy_actor: give a model or a config")
-        model = Policy(config)
-    cfg = config or model.config
-    if config is not None and model.config != config:
-        raise ValueError("make_policy_actor: config differs from model.config")
-    if mode not in (None, MIXTURE_MEAN) and not (
-        isinstance(mode, int) and 0 <= mode < cfg.num_components
-    ):
-        raise ValueError(
-            f"mode must be in [0, {cfg.num_components}) or {MIXTURE_MEAN!r}, got {mode!r}"
-        )
+    model, cfg = _actor_model(model, config, mode, "make_policy_actor")
 
     def actor(view: StepView, carry: Array, key: Array) -> tuple[Action, Array]:
         carry, gmm = model.apply(params, observe(view, cfg), carry)
@@ -486,19 +494,7 @@ def make_multi_agent_actor(
       every object's GRU state warmed up on the logged history (:func:`warm_up_all`), and
       ``init_actor_state(batch_shape)`` with ``batch_shape = (..., N)`` the zero state.
     """
-    if model is None:
-        if config is None:
-            raise ValueError("make_multi_agent_actor: give a model or a config")
-        model = Policy(config)
-    cfg = config or model.config
-    if config is not None and model.config != config:
-        raise ValueError("make_multi_agent_actor: config differs from model.config")
-    if mode not in (None, MIXTURE_MEAN) and not (
-        isinstance(mode, int) and 0 <= mode < cfg.num_components
-    ):
-        raise ValueError(
-            f"mode must be in [0, {cfg.num_components}) or {MIXTURE_MEAN!r}, got {mode!r}"
-        )
+    model, cfg = _actor_model(model, config, mode, "make_multi_agent_actor")
 
     def actor(view: StepView, carry: Array, key: Array) -> tuple[Action, Array]:
         n = view.current.x.shape[-1]

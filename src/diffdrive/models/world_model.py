@@ -10,13 +10,15 @@ its *detached* fused scene feature ``g_t`` (:meth:`Policy.encode`), its GRU stat
   evolves under ``a_t`` into ``s_{t+1}``; the unique minimiser is ``s_{t+1} - s_t``;
 * **optimal state planner** (Eq. 4, 11): the next velocity vector ``(v'_x, v'_y)`` (ego
   frame); the inverse kinematics (Eq. 11) turn it into an action, which is executed from
-  ``s_t`` and supervised on ``(x, y, yaw)`` against the next log state;
+  ``s_t`` and supervised against the next log state on (x, y, yaw) and, unlike the
+  paper's appendix, also the velocity (see :func:`planner_loss`);
 * **inverse optimal state** (Eq. 5): ``(dx, dy)`` (ego frame) of a state from which
   ``a_t`` reaches the next log state; the loss is on ``(x, y)``, the yaw and velocities
   are held, so the minimiser ``Sim^-1`` is unique (the yaw would only be identified through
   the ``a dt^2 / 2`` term and not at all when ``a = 0``, which is why it is not predicted);
 * **latent next feature**: ``g_{t+1}`` from ``(g_t, h_t, a_t)`` (drives imagination);
-* **reward**: ``r_t = -||xy_{t+1} - xy^log_{t+1}||`` (m).
+* **reward**: ``r_t = -||s_{t+1} - s^log_{t+1}||`` over (x, y, yaw, vel_x, vel_y) (the
+  paper's standard reward; :func:`reward_target`).
 
 Every function takes any leading batch shape. A step of one object is a
 :class:`~diffdrive.sim.datatypes.Trajectory` with fields ``(...)``; displacements are in
@@ -249,14 +251,33 @@ def analytic_odometry(current: Trajectory, nxt: Trajectory) -> Array:
     return jnp.stack([ex, ey, wrap(nxt.yaw - current.yaw)], axis=-1)
 
 
+PLANNER_STATE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0)
+"""Weights of (x, y, yaw, vel_x, vel_y) in the planner loss (the default: all five, as in
+the APG trajectory loss)."""
+
+PAPER_PLANNER_STATE_WEIGHTS = (1.0, 1.0, 1.0, 0.0, 0.0)
+"""The paper's appendix: (x, y, yaw) only. Ill-conditioned in the speed (see
+:func:`planner_loss`); kept for comparison."""
+
+
 def planner_loss(
     dynamics: InvertibleBicycleModel,
     velocity: Array,
     current: Trajectory,
     log_next: Trajectory,
     huber_delta: float = 1.0,
+    state_weights: tuple[float, ...] = PLANNER_STATE_WEIGHTS,
 ) -> tuple[Array, Array]:
-    """Eq. 4: ``Huber(Sim(s_t, InvKin(s_t, v')) - s^log_{t+1})`` on (x, y, yaw).
+    """Eq. 4: ``Huber(Sim(s_t, InvKin(s_t, v')) - s^log_{t+1})``, weighted per state field.
+
+    ``state_weights`` weighs (x, y, yaw, vel_x, vel_y) (``(..., 5)`` broadcast). The
+    paper supervises (x, y, yaw) only (:data:`PAPER_PLANNER_STATE_WEIGHTS`); there the
+    speed ``|v'|`` reaches the loss only through the ``a dt^2 / 2`` term of the position
+    (0.005 m per m/s^2), so the minimiser ``a* = 2 r / dt^2`` amplifies any along-track
+    gap ``r`` (m) to the log 200-fold and the trained head learns a large acceleration
+    bias. Supervising the next velocity too (the default, as APG's trajectory loss does)
+    keeps ``a*`` near the log's acceleration; the minimiser stays the inverse kinematics
+    for a reachable ``log_next``.
 
     Returns:
       ``(loss (...), action (..., 2))``; ``dynamics`` should not clip (the paper trains
@@ -264,8 +285,9 @@ def planner_loss(
     """
     action = inverse_kinematics(dynamics, current, velocity)
     pred = simulate(dynamics, current, action)
-    diff = _state_diff(_five(pred)[..., :3], _five(log_next)[..., :3])
-    return _huber(diff, huber_delta), action
+    diff = _state_diff(_five(pred), _five(log_next))
+    weights = jnp.asarray(state_weights, diff.dtype)
+    return jnp.sum(weights * optax.huber_loss(diff, delta=huber_delta), axis=-1), action
 
 
 def analytic_planner_action(
@@ -298,9 +320,26 @@ def analytic_inverse_state(
     return jnp.stack(global_to_ego(log_next.x - pred.x, log_next.y - pred.y, current.yaw), -1)
 
 
-def reward_target(nxt: Trajectory, log_next: Trajectory) -> Array:
-    """``r_t = -||xy_{t+1} - xy^log_{t+1}||`` (m), ``(...)``."""
-    return -jnp.hypot(nxt.x - log_next.x, nxt.y - log_next.y)
+def state_distance(step: Trajectory, log_step: Trajectory, fields: str = "state") -> Array:
+    """``(...)`` distance of ``step`` to ``log_step``: ``fields="state"`` the Euclidean norm
+    of the (x m, y m, yaw rad (wrapped), vel_x m/s, vel_y m/s) difference (the paper's
+    ``||s_{t+1} - s^log_{t+1}||``), ``"xy"`` the position distance (m) alone."""
+    if fields == "xy":
+        return jnp.hypot(step.x - log_step.x, step.y - log_step.y)
+    if fields != "state":
+        raise ValueError(f"fields must be 'state' or 'xy', got {fields!r}")
+    return jnp.linalg.norm(_state_diff(_five(step), _five(log_step)), axis=-1)
+
+
+REWARD_FIELDS = "state"
+"""What the reward head learns: :func:`state_distance` over the full state. Over (x, y)
+alone the next-step reward hardly depends on the action (the acceleration moves the next
+position by ``a dt^2 / 2``, the curvature not at all), so it cannot rank candidates."""
+
+
+def reward_target(nxt: Trajectory, log_next: Trajectory, fields: str = REWARD_FIELDS) -> Array:
+    """``r_t = -||s_{t+1} - s^log_{t+1}||`` ``(...)`` (:func:`state_distance`)."""
+    return -state_distance(nxt, log_next, fields)
 
 
 def imagine_pose(step: Trajectory, delta: Array, accel: Array, dt: float) -> Trajectory:

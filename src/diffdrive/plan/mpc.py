@@ -4,8 +4,10 @@ Every step, from the current observation ``o_t``:
 
 1. ``g_t = encode(o_t)``, ``h_t = GRU(g_t, h_{t-1})`` (the actor state is ``h``);
 2. ``N`` imagined trajectories of ``H`` steps branch from ``(g_t, h_t)``: at each step the
-   actor samples ``a ~ GMM(h)`` (trajectory 0 takes the most likely component's mean, so
-   ``N = 1`` is the deterministic reactive policy), the world-model heads give the reward,
+   actor samples ``a ~ GMM(h)`` (trajectory 0 takes the deterministic action, by default
+   the mixture mean, so ``N = 1`` is the deterministic reactive policy; the most likely
+   component's mean is a poor driver when the WTA-trained weights are spread), the
+   world-model heads give the reward,
    the inverse-state displacement, the odometry and the next latent ``g'``, and
    ``h' = GRU(g', h)``;
 3. each trajectory is scored by the sum of a reward (:data:`REWARDS`) over its steps;
@@ -13,10 +15,12 @@ Every step, from the current observation ``o_t``:
 
 Rewards: ``reward_head`` (the learned ``-||s_{t+1} - s^log_{t+1}||``), ``inverse_state``
 (``-||inverse-state displacement||``, Table IV), and the oracles ``neg_dist_log`` /
-``pos_dist_log`` (minus / plus the distance of the ego, rolled through the true kinematic
-dynamics under the imagined actions, to the log; the paper's "standard reward" and its
-worst case). The actor plugs into :func:`diffdrive.eval.rollouts.evaluate` (planning
-setting), so MPC numbers follow the evaluation protocol of every other table.
+``pos_dist_log`` (minus / plus the distance of the ego's state, rolled through the true
+kinematic dynamics under the imagined actions, to the logged state; the paper's "standard
+reward" and its worst case), over (x, y) by default (``MPCConfig.oracle_fields``; ``"state"``
+adds yaw and velocity, the paper's ``||s_{t+1} - s^log_{t+1}||``). The actor plugs
+into :func:`diffdrive.eval.rollouts.evaluate` (planning setting), so MPC numbers follow
+the evaluation protocol of every other table.
 
 Nothing is jitted here; the evaluation engine jits the whole rollout.
 """
@@ -41,6 +45,19 @@ from diffdrive.train import losses
 REWARDS = ("reward_head", "inverse_state", "neg_dist_log", "pos_dist_log")
 """Names of the trajectory rewards (see the module docstring)."""
 
+MEAN_ACTIONS = ("mixture_mean", "most_likely")
+"""The deterministic actions of :func:`deterministic_action`."""
+
+
+def deterministic_action(gmm: GaussianMixture, mean_action: str = "mixture_mean") -> Array:
+    """``(..., A)`` the policy's deterministic action: the mixture mean
+    (``"mixture_mean"``) or the most likely component's mean (``"most_likely"``)."""
+    if mean_action == "mixture_mean":
+        return gmm.mean()
+    if mean_action == "most_likely":
+        return gmm.component_mean(gmm.most_likely_component())
+    raise ValueError(f"mean_action must be one of {MEAN_ACTIONS}, got {mean_action!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class MPCConfig:
@@ -51,7 +68,11 @@ class MPCConfig:
       horizon: ``H`` imagined steps per trajectory.
       top_k: trajectories whose first actions are averaged (cut to ``N``).
       reward: one of :data:`REWARDS`.
-      first_is_mean: imagined trajectory 0 follows the most likely component's mean.
+      first_is_mean: imagined trajectory 0 follows the deterministic ``mean_action``.
+      mean_action: ``"mixture_mean"`` (the mixture's mean) or ``"most_likely"`` (the most
+        likely component's mean): see :func:`deterministic_action`.
+      oracle_fields: the oracle rewards' distance, ``"xy"`` (the position, the metric ADE
+        measures) or ``"state"`` (x, y, yaw, vel_x, vel_y).
     """
 
     num_rollouts: int = 4
@@ -59,10 +80,16 @@ class MPCConfig:
     top_k: int = 3
     reward: str = "reward_head"
     first_is_mean: bool = True
+    mean_action: str = "mixture_mean"
+    oracle_fields: str = "xy"
 
     def __post_init__(self):
         if self.reward not in REWARDS:
             raise ValueError(f"unknown MPC reward {self.reward!r}; choose one of {REWARDS}")
+        if self.mean_action not in MEAN_ACTIONS:
+            raise ValueError(f"mean_action must be one of {MEAN_ACTIONS}, got {self.mean_action!r}")
+        if self.oracle_fields not in ("state", "xy"):
+            raise ValueError(f"oracle_fields must be 'state' or 'xy', got {self.oracle_fields!r}")
         if self.num_rollouts < 1 or self.horizon < 1 or self.top_k < 1:
             raise ValueError(
                 "num_rollouts, horizon and top_k must be >= 1, got "
@@ -101,6 +128,7 @@ def imagine(
     first_is_mean: bool = True,
     dynamics: DynamicsModel | None = None,
     gmm: GaussianMixture | None = None,
+    mean_action: str = "mixture_mean",
 ) -> dict[str, Array]:
     """Imagines ``N`` trajectories of ``H`` steps from ``(g_t, h_t)`` (a ``lax.scan``).
 
@@ -113,14 +141,16 @@ def imagine(
       horizon: ``H`` (static).
       num_rollouts: ``N`` (static).
       actions: ``(..., N, H, 2)`` to impose instead of the actor's (forced commands).
-      first_is_mean: trajectory 0 follows the most likely component's mean.
+      first_is_mean: trajectory 0 follows the deterministic action at every step.
       dynamics: also roll the SDC through these true kinematics (the oracle rewards).
       gmm: the actor's mixture at ``h_t`` (computed when ``None``).
+      mean_action: trajectory 0's action (:func:`deterministic_action`).
 
     Returns:
       ``actions`` ``(..., N, H, 2)``, ``reward`` and ``inverse_norm`` ``(..., N, H)``,
       ``odometry_xy`` (the imagined poses) ``(..., N, H, 2)`` and, with ``dynamics``,
-      ``kinematic_xy`` ``(..., N, H, 2)``.
+      ``kinematic_xy`` ``(..., N, H, 2)`` and ``kinematic_state`` (x, y, yaw, vel_x,
+      vel_y) ``(..., N, H, 5)``.
     """
     n = num_rollouts
     pp, hp = params["policy"], params["heads"]
@@ -136,7 +166,7 @@ def imagine(
         step_key, forced = xs
         sampled, _ = gmm.sample(step_key)
         if first_is_mean:
-            mean = gmm.component_mean(gmm.most_likely_component())
+            mean = deterministic_action(gmm, mean_action)
             sampled = jnp.where(is_first[:, None], mean, sampled)
         a = sampled if forced is None else forced
         out = heads.apply(hp, g, h, a)
@@ -151,6 +181,7 @@ def imagine(
         if exact is not None:
             exact = wm.simulate(dynamics, exact, a)
             rec["kinematic_xy"] = jnp.stack([exact.x, exact.y], -1)
+            rec["kinematic_state"] = _state_vector(exact)
         h, gmm = model.apply(pp, out.next_feature, h, method=Policy.step_encoded)
         return (out.next_feature, h, gmm, pose, exact), rec
 
@@ -159,7 +190,7 @@ def imagine(
     xs = (jax.random.split(key, horizon), forced)
     _, rec = jax.lax.scan(body, (g, h, gmm, pose, exact0), xs)
     # The scan stacks steps on axis 0: move them behind N (before any vector axis).
-    vectors = ("actions", "odometry_xy", "kinematic_xy")
+    vectors = ("actions", "odometry_xy", "kinematic_xy", "kinematic_state")
     return {k: jnp.moveaxis(v, 0, -2 if k in vectors else -1) for k, v in rec.items()}
 
 
@@ -168,13 +199,20 @@ def _head_of(model: Policy, params: Any, carry: Array) -> GaussianMixture:
     return model.apply(params, carry, method=lambda m, c: m.head(c))
 
 
+def _state_vector(step: Trajectory) -> Array:
+    """``(..., 5)`` (x, y, yaw, vel_x, vel_y) of a step."""
+    return jnp.stack([step.x, step.y, step.yaw, step.vel_x, step.vel_y], axis=-1)
+
+
 def score(
-    imagined: dict[str, Array], reward: str, log_xy: Array | None = None, log_valid=None
+    imagined: dict[str, Array], reward: str, log_state: Array | None = None, log_valid=None
 ) -> Array:
     """``(..., N)`` summed reward of each imagined trajectory.
 
-    ``log_xy`` ``(..., H, 2)`` and ``log_valid`` ``(..., H)``: the SDC's logged future
-    (the oracle rewards only).
+    ``log_state`` ``(..., H, D)`` and ``log_valid`` ``(..., H)``: the SDC's logged future
+    (the oracle rewards only), ``D = 2`` (x, y; compared with ``kinematic_xy``) or
+    ``D = 5`` (x, y, yaw, vel_x, vel_y; compared with ``kinematic_state``, the yaw
+    difference wrapped).
     """
     if reward == "reward_head":
         return jnp.sum(imagined["reward"], -1)
@@ -182,9 +220,13 @@ def score(
         return -jnp.sum(imagined["inverse_norm"], -1)
     if reward not in ("neg_dist_log", "pos_dist_log"):
         raise ValueError(f"unknown MPC reward {reward!r}; choose one of {REWARDS}")
-    if log_xy is None or "kinematic_xy" not in imagined:
+    if log_state is None or "kinematic_xy" not in imagined:
         raise ValueError(f"reward {reward!r} needs the logged future and the true dynamics")
-    dist = jnp.linalg.norm(imagined["kinematic_xy"] - log_xy[..., None, :, :], axis=-1)
+    name = "kinematic_xy" if log_state.shape[-1] == 2 else "kinematic_state"
+    diff = imagined[name] - log_state[..., None, :, :]
+    if log_state.shape[-1] > 2:
+        diff = diff.at[..., 2].set(wm.wrap(diff[..., 2]))
+    dist = jnp.linalg.norm(diff, axis=-1)
     dist = jnp.sum(jnp.where(log_valid[..., None, :], dist, 0.0), -1)
     return -dist if reward == "neg_dist_log" else dist
 
@@ -201,18 +243,22 @@ def aggregate_first_action(actions: Array, scores: Array, top_k: int) -> Array:
     return jnp.mean(chosen, axis=-2)
 
 
-def _log_future(view: StepView, horizon: int) -> tuple[Array, Array]:
-    """The SDC's logged xy ``(..., H, 2)`` and validity ``(..., H)`` at ``t + 1 .. t + H``."""
+def _log_future(view: StepView, horizon: int, fields: str = "xy") -> tuple[Array, Array]:
+    """The SDC's logged future at ``t + 1 .. t + H``: ``(..., H, 5)`` (x, y, yaw, vel_x,
+    vel_y) with ``fields="state"``, ``(..., H, 2)`` (x, y) with ``"xy"``, and its validity
+    ``(..., H)``."""
     is_sdc = view.metadata.is_sdc
     t_max = view.log.x.shape[-1] - 1
     steps = [
         losses.sdc_step(view.log.at(jnp.minimum(view.timestep + 1 + i, t_max)), is_sdc)
         for i in range(horizon)
     ]
-    xy = jnp.stack([jnp.stack([s.x, s.y], -1) for s in steps], -2)
+    vectors = [_state_vector(s) for s in steps]
+    if fields == "xy":
+        vectors = [v[..., :2] for v in vectors]
     beyond = view.timestep + 1 + jnp.arange(horizon) > t_max
     valid = jnp.stack([s.valid for s in steps], -1) & ~beyond
-    return xy, valid
+    return jnp.stack(vectors, -2), valid
 
 
 def make_mpc_actor(
@@ -257,11 +303,12 @@ def make_mpc_actor(
             first_is_mean=config.first_is_mean,
             dynamics=dynamics if oracle else None,
             gmm=gmm,
+            mean_action=config.mean_action,
         )
-        log_xy = log_valid = None
+        log_state = log_valid = None
         if oracle:
-            log_xy, log_valid = _log_future(view, config.horizon)
-        scores = score(imagined, config.reward, log_xy, log_valid)
+            log_state, log_valid = _log_future(view, config.horizon, config.oracle_fields)
+        scores = score(imagined, config.reward, log_state, log_valid)
         action = aggregate_first_action(imagined["actions"], scores, config.top_k)
         return Action(data=action, valid=jnp.ones(action.shape[:-1] + (1,), bool)), h
 

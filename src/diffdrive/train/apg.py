@@ -274,6 +274,18 @@ def apg_loss(
         replay=replay,
         step_extras=step_extras,
     )
+    loss, aux = reduce_rollout(out, config)
+    if return_states:
+        aux["states"] = out["states"]
+    if step_extras is not None:
+        aux["steps"] = out
+    return loss, aux
+
+
+def reduce_rollout(out: dict[str, Array], config: TrainConfig) -> tuple[Array, dict[str, Array]]:
+    """``(loss, aux)`` of per-step rollout outputs (``traj_loss``, ``ce``, ``entropy``,
+    ``dist``, ``reset``, ``valid``): means over the valid entries, combined as in
+    :func:`apg_loss`."""
     valid = out["valid"]
     traj = losses.masked_mean(out["traj_loss"], valid)
     ce = losses.masked_mean(out["ce"], valid)
@@ -291,10 +303,6 @@ def apg_loss(
         "ade": losses.masked_mean(out["dist"], valid),
         "reset_rate": losses.masked_mean(out["reset"].astype(jnp.float32), valid),
     }
-    if return_states:
-        aux["states"] = out["states"]
-    if step_extras is not None:
-        aux["steps"] = out
     return loss, aux
 
 

@@ -15,11 +15,14 @@ Head losses (Huber, masked like the APG loss; :mod:`diffdrive.models.world_model
 * ``odometry`` (Eq. 3, velocities held): supervised through the training dynamics against
   the simulated next state (before any incremental reset);
 * ``planner`` (Eq. 4, 11): next velocity -> inverse kinematics -> executed with the
-  unclipped smooth bicycle, (x, y, yaw) against the next log state;
+  unclipped smooth bicycle, (x, y, yaw, vel_x, vel_y) against the next log state (the
+  paper's (x, y, yaw) alone leaves the speed nearly free:
+  :func:`diffdrive.models.world_model.planner_loss`);
 * ``inverse_state`` (Eq. 5): (x, y) against the next log state;
 * ``latent``: the predicted next fused feature against the next step's (detached) one,
   skipped where the rollout was reset (the next observation then is not ``Sim(s_t, a_t)``);
-* ``reward``: ``r_t = -||xy_{t+1} - xy^log_{t+1}||``.
+* ``reward``: ``r_t = -||s_{t+1} - s^log_{t+1}||`` over (x, y, yaw, vel_x, vel_y)
+  (:func:`diffdrive.models.world_model.reward_target`).
 
 The differentiable overlap (Eq. 6-9; :func:`diffdrive.sim.metrics.gaussian_overlap`) of the
 SDC's simulated next state is the only extra term that trains the policy.

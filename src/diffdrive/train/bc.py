@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffdrive.models.policy import Policy, features_at, initial_carry
+from diffdrive.models.policy import GaussianMixture, Policy, features_at, initial_carry
 from diffdrive.sim.datatypes import Action, Array, SimulatorState
 from diffdrive.sim.dynamics import DynamicsModel
 from diffdrive.train import losses
@@ -94,27 +94,43 @@ def bc_loss(
             config.model,
         )
         h, gmm = model.apply(params, feats, h)
-        nll = -gmm.log_prob(target)
-        if config.bc_loss == "wta":
-            winner = losses.nearest_component(gmm.means / scale, target / scale)
-            ce = losses.mixture_cross_entropy(gmm, winner)
-            step_loss = losses.component_nll(gmm, target, winner) + config.wta_weight * ce
-        else:
-            ce = jnp.zeros_like(nll)
-            step_loss = nll
-        err = jnp.sum(jnp.abs(gmm.component_mean(gmm.most_likely_component()) - target), -1)
-        out = {
-            "step_loss": step_loss,
-            "nll": nll,
-            "ce": ce,
-            "entropy": gmm.categorical_entropy(),
-            "err": err,
-            "valid": valid,
-        }
-        return h, out
+        return h, step_terms(gmm, target, valid, config, scale)
 
     xs = (jnp.arange(steps, dtype=jnp.int32), expert.data, expert_valid)
     _, out = jax.lax.scan(body, carry0, xs)
+    return reduce_terms(out, config)
+
+
+def step_terms(
+    gmm: GaussianMixture, target: Array, valid: Array, config: TrainConfig, scale: Array
+) -> dict[str, Array]:
+    """Per-step BC terms of the mixture ``gmm`` against the expert action ``target`` ``(..., A)``.
+
+    ``scale`` ``(A,)`` makes the WTA winner's distance unit-free. Returns ``step_loss``,
+    ``nll``, ``ce``, ``entropy``, ``err`` (L1 error of the most likely component's mean) and
+    ``valid``, each ``(...)``.
+    """
+    nll = -gmm.log_prob(target)
+    if config.bc_loss == "wta":
+        winner = losses.nearest_component(gmm.means / scale, target / scale)
+        ce = losses.mixture_cross_entropy(gmm, winner)
+        step_loss = losses.component_nll(gmm, target, winner) + config.wta_weight * ce
+    else:
+        ce = jnp.zeros_like(nll)
+        step_loss = nll
+    err = jnp.sum(jnp.abs(gmm.component_mean(gmm.most_likely_component()) - target), -1)
+    return {
+        "step_loss": step_loss,
+        "nll": nll,
+        "ce": ce,
+        "entropy": gmm.categorical_entropy(),
+        "err": err,
+        "valid": valid,
+    }
+
+
+def reduce_terms(out: dict[str, Array], config: TrainConfig) -> tuple[Array, dict[str, Array]]:
+    """``(loss, aux)`` from :func:`step_terms` stacked over steps: means over valid entries."""
     valid = out["valid"]
     loss = losses.masked_mean(out["step_loss"], valid)
     entropy = losses.masked_mean(out["entropy"], valid)

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from diffdrive.models.policy import Policy, features_per_agent, initial_carry
 from diffdrive.sim.datatypes import Action, Array, SimulatorState, Trajectory, select_by_onehot
 from diffdrive.sim.dynamics import DynamicsModel, step_objects
-from diffdrive.train import losses
-from diffdrive.train.apg import Simulator
+from diffdrive.train import bc, losses
+from diffdrive.train.apg import Simulator, reduce_rollout
 from diffdrive.train.config import TrainConfig
 
 
@@ -224,24 +224,8 @@ def multi_agent_apg_loss(
     out = multi_agent_apg_rollout(
         params, batch, key, reset_threshold, model=model, config=config, simulator=simulator
     )
-    valid = out["valid"]
-    traj = losses.masked_mean(out["traj_loss"], valid)
-    ce = losses.masked_mean(out["ce"], valid)
-    entropy = losses.masked_mean(out["entropy"], valid)
-    loss = traj
-    if config.action_selection == "wta" and config.wta_weight:
-        loss = loss + config.wta_weight * ce
-    if config.entropy_weight:
-        loss = loss - config.entropy_weight * entropy
-    aux = {
-        "loss": loss,
-        "traj_loss": traj,
-        "ce": ce,
-        "entropy": entropy,
-        "ade": losses.masked_mean(out["dist"], valid),
-        "reset_rate": losses.masked_mean(out["reset"].astype(jnp.float32), valid),
-        "agents": jnp.mean(jnp.sum(out["row_valid"], axis=-1).astype(jnp.float32)),
-    }
+    loss, aux = reduce_rollout(out, config)
+    aux["agents"] = jnp.mean(jnp.sum(out["row_valid"], axis=-1).astype(jnp.float32))
     return loss, aux
 
 
@@ -314,38 +298,10 @@ def multi_agent_bc_loss(
             egos,
         )
         h, gmm = model.apply(params, feats, h)
-        nll = -gmm.log_prob(target)
-        if config.bc_loss == "wta":
-            winner = losses.nearest_component(gmm.means / scale, target / scale)
-            ce = losses.mixture_cross_entropy(gmm, winner)
-            step_loss = losses.component_nll(gmm, target, winner) + config.wta_weight * ce
-        else:
-            ce = jnp.zeros_like(nll)
-            step_loss = nll
-        err = jnp.sum(jnp.abs(gmm.component_mean(gmm.most_likely_component()) - target), -1)
-        out = {
-            "step_loss": step_loss,
-            "nll": nll,
-            "ce": ce,
-            "entropy": gmm.categorical_entropy(),
-            "err": err,
-            "valid": valid,
-        }
-        return h, out
+        return h, bc.step_terms(gmm, target, valid, config, scale)
 
     xs = (jnp.arange(steps, dtype=jnp.int32), expert.data, expert_valid)
     _, out = jax.lax.scan(body, carry0, xs)
-    valid = out["valid"]
-    loss = losses.masked_mean(out["step_loss"], valid)
-    entropy = losses.masked_mean(out["entropy"], valid)
-    if config.entropy_weight:
-        loss = loss - config.entropy_weight * entropy
-    aux = {
-        "loss": loss,
-        "nll": losses.masked_mean(out["nll"], valid),
-        "ce": losses.masked_mean(out["ce"], valid),
-        "entropy": entropy,
-        "action_error": losses.masked_mean(out["err"], valid),
-        "agents": jnp.mean(jnp.sum(row_valid, axis=-1).astype(jnp.float32)),
-    }
+    loss, aux = bc.reduce_terms(out, config)
+    aux["agents"] = jnp.mean(jnp.sum(row_valid, axis=-1).astype(jnp.float32))
     return loss, aux
