@@ -18,6 +18,8 @@
 # with gradients, simulator as critic and full DSS (Tables 2-4, tracking loss), then
 # classifier-guided planning (Tables 5-6). The ego policy sees only its final logged
 # waypoint (`route="waypoint"`); the other agents are imagined by the multi-agent policy.
+# The reactive rows' deterministic "mean action" is the mixture mean (`DSSConfig.mean_action`;
+# the most likely component's mean drives far worse with these WTA-trained policies).
 # Writes `results/dss_table_{2..6}.json` and `paper_tables/figures/dss_fig{2,5}.png`.
 # Tables are rendered by `scripts/make_tables.py` (stage `tables`).
 

@@ -299,11 +299,12 @@ def select_action(gmm: GaussianMixture, key: Array, sample: bool, mode: int | st
 
     ``mode=None``: a mixture sample when ``sample``, else the mean of the most likely
     component. ``mode=k``: component ``k``'s sample or mean (one of ``K`` rollouts).
-    ``mode="mixture_mean"``: the weighted mean of the component means (deterministic; the
-    most likely component alone can be a poor pick when the weights are spread).
+    ``mode="mixture_mean"``: a mixture sample when ``sample``, else the weighted mean of
+    the component means (the most likely component alone can be a poor pick when the
+    weights are spread).
     """
     if mode == MIXTURE_MEAN:
-        return gmm.mean()
+        return gmm.sample(key)[0] if sample else gmm.mean()
     if mode is None:
         if sample:
             return gmm.sample(key)[0]

@@ -74,7 +74,10 @@ class DSSConfig:
     tau: softmax temperature of the rollout weights; 0 takes the best rollout.
     loss: planning loss name (:data:`PLANNING_LOSSES`).
     sample_ego: sample the ego's imagined actions from its mixture; ``None``: sample when
-      ``K > 1``, else take the most likely component's mean (the paper's reactive rows).
+      ``K > 1``, else take the deterministic action (the paper's reactive rows).
+    mean_action: the deterministic action: ``mixture_mean`` (the weighted mean of the
+      components' means) or ``most_likely`` (the most likely component's mean, a poor
+      driver when the WTA-trained weights are spread).
     dynamics: registry name of the imagination dynamics (the gradient-friendly bicycle the
       policies are trained with; the real simulator keeps its own).
     imagination_roadgraph_points: the imagination sees the roadgraph points nearest the ego
@@ -91,6 +94,7 @@ class DSSConfig:
     tau: float = 1.0
     loss: str = "tracking"
     sample_ego: bool | None = None
+    mean_action: str = "mixture_mean"
     dynamics: str = "smooth_bicycle"
     imagination_roadgraph_points: int | None = 2000
     collision_weight: float = 1.0
@@ -116,6 +120,11 @@ class DSSConfig:
             raise ValueError(
                 f"DSSConfig: loss {self.loss!r} is not differentiable; use eta = 0 (search only)"
             )
+        if self.mean_action not in ("mixture_mean", "most_likely"):
+            raise ValueError(
+                f"DSSConfig: mean_action must be 'mixture_mean' or 'most_likely', got "
+                f"{self.mean_action!r}"
+            )
         points = self.imagination_roadgraph_points
         if points is not None and points < 1:
             raise ValueError("DSSConfig: imagination_roadgraph_points must be >= 1 or None")
@@ -131,6 +140,11 @@ class DSSConfig:
     @property
     def samples_ego(self) -> bool:
         return self.K > 1 if self.sample_ego is None else self.sample_ego
+
+    @property
+    def ego_mode(self) -> str | None:
+        """The ``mode`` of :func:`~diffdrive.models.policy.select_action` for the ego."""
+        return policy_lib.MIXTURE_MEAN if self.mean_action == "mixture_mean" else None
 
     @property
     def setting(self) -> str:
@@ -610,7 +624,7 @@ def plan(
         v = base.replace(current=current, previous=previous, timestep=t)
         k_ego, k_others = jax.random.split(step_key)
         h_ego, gmm = planner.ego.step(v.replace(roadgraph=ego_rg), h_ego)
-        a_ego = policy_lib.select_action(gmm, k_ego, cfg.samples_ego, None)
+        a_ego = policy_lib.select_action(gmm, k_ego, cfg.samples_ego, cfg.ego_mode)
         a_others, h_others = planner.others.act(v, others_rg, h_others, k_others)
         action = _combine(a_ego, a_others, sdc_k)
         nxt = dynamics_lib.step_objects(
