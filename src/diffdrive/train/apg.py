@@ -97,7 +97,7 @@ def training_batch(state: SimulatorState) -> SimulatorState:
     return state.replace(sim_trajectory=None, road_edge_index=None, sdc_paths=None)
 
 
-def _snap(nxt: Trajectory, log_next: Trajectory, mask: Array) -> Trajectory:
+def snap_to_log(nxt: Trajectory, log_next: Trajectory, mask: Array) -> Trajectory:
     """Replaces pose and velocity by the log's where ``mask`` ``(..., N)``."""
     kw = {f: jnp.where(mask, getattr(log_next, f), getattr(nxt, f)) for f in losses.STATE_FIELDS}
     return nxt.replace(**kw)
@@ -206,7 +206,7 @@ def apg_rollout(
         dist = jax.lax.stop_gradient(jnp.hypot(pred.x - target.x, pred.y - target.y))
         reset = valid & (dist > reset_threshold)
         extras = {} if step_extras is None else step_extras(view, encoded, h, action, nxt, log_next)
-        nxt = _snap(nxt, log_next, reset[..., None] & is_sdc)
+        nxt = snap_to_log(nxt, log_next, reset[..., None] & is_sdc)
         out = {
             **extras,
             "traj_loss": traj_loss,

@@ -32,7 +32,7 @@ from diffdrive.models.policy import Policy, features_per_agent, initial_carry
 from diffdrive.sim.datatypes import Action, Array, SimulatorState, Trajectory, select_by_onehot
 from diffdrive.sim.dynamics import DynamicsModel, step_objects
 from diffdrive.train import bc, losses
-from diffdrive.train.apg import Simulator, reduce_rollout
+from diffdrive.train.apg import Simulator, reduce_rollout, snap_to_log
 from diffdrive.train.config import TrainConfig
 
 
@@ -79,11 +79,6 @@ def gather_agents(step: Trajectory, index: Array) -> Trajectory:
 def scatter_actions(data: Array, egos: Array) -> Array:
     """Per-agent actions ``(..., M, A)`` into object slots ``(..., N, A)`` (zeros elsewhere)."""
     return jnp.einsum("...mn,...ma->...na", egos.astype(data.dtype), data)
-
-
-def _snap(nxt: Trajectory, log_next: Trajectory, mask: Array) -> Trajectory:
-    kw = {f: jnp.where(mask, getattr(log_next, f), getattr(nxt, f)) for f in losses.STATE_FIELDS}
-    return nxt.replace(**kw)
 
 
 def multi_agent_apg_rollout(
@@ -171,7 +166,7 @@ def multi_agent_apg_rollout(
         )
         dist = jax.lax.stop_gradient(jnp.hypot(pred.x - target.x, pred.y - target.y))
         reset = valid & (dist > reset_threshold)
-        nxt = _snap(nxt, log_next, jnp.any(egos & reset[..., None], axis=-2))
+        nxt = snap_to_log(nxt, log_next, jnp.any(egos & reset[..., None], axis=-2))
         out = {
             "traj_loss": traj_loss,
             "ce": ce,
