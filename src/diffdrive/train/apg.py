@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffdrive.models.policy import Policy, initial_carry, observe
+from diffdrive.models.policy import GaussianMixture, Policy, initial_carry, observe
 from diffdrive.sim.datatypes import Action, Array, SimulatorState, Trajectory
 from diffdrive.sim.dynamics import DynamicsModel, step_objects
 from diffdrive.sim.env import StepView
@@ -101,6 +101,38 @@ def snap_to_log(nxt: Trajectory, log_next: Trajectory, mask: Array) -> Trajector
     """Replaces pose and velocity by the log's where ``mask`` ``(..., N)``."""
     kw = {f: jnp.where(mask, getattr(log_next, f), getattr(nxt, f)) for f in losses.STATE_FIELDS}
     return nxt.replace(**kw)
+
+
+def choose_action(
+    gmm: GaussianMixture,
+    current: Trajectory,
+    target: Trajectory,
+    key: Array,
+    config: TrainConfig,
+    simulator: Simulator,
+) -> tuple[Array, Array]:
+    """The executed action ``(..., A)`` and its mixture cross-entropy ``(...)``.
+
+    ``current``/``target``: the acting objects' current and next logged states, fields
+    ``(...)``. ``wta`` steps every component's mean (:meth:`Simulator.candidates`), executes
+    the one landing nearest the target xy (a sample of it, or its mean) and returns the
+    cross-entropy towards it; ``sample`` and ``mean`` return a zero cross-entropy.
+    """
+    if config.action_selection == "wta":
+        cx, cy = simulator.candidates(current, gmm.means)
+        winner = losses.nearest_component(
+            jnp.stack([cx, cy], -1), jnp.stack([target.x, target.y], -1)
+        )
+        if config.sample_actions:
+            action = gmm.sample_component(key, winner)
+        else:
+            action = gmm.component_mean(winner)
+        return action, losses.mixture_cross_entropy(gmm, winner)
+    if config.action_selection == "sample":
+        action, _ = gmm.sample(key)
+    else:
+        action = gmm.component_mean(gmm.most_likely_component())
+    return action, jnp.zeros(action.shape[:-1], action.dtype)
 
 
 def apg_rollout(
@@ -177,22 +209,9 @@ def apg_rollout(
         log_next = log.at(t + 1)
         target = losses.sdc_step(log_next, is_sdc)
         valid = target.valid & (t >= k0)
-        if config.action_selection == "wta":
-            cx, cy = simulator.candidates(losses.sdc_step(current, is_sdc), gmm.means)
-            winner = losses.nearest_component(
-                jnp.stack([cx, cy], -1), jnp.stack([target.x, target.y], -1)
-            )
-            if config.sample_actions:
-                action = gmm.sample_component(step_key, winner)
-            else:
-                action = gmm.component_mean(winner)
-            ce = losses.mixture_cross_entropy(gmm, winner)
-        elif config.action_selection == "sample":
-            action, _ = gmm.sample(step_key)
-            ce = jnp.zeros(valid.shape, action.dtype)
-        else:
-            action = gmm.component_mean(gmm.most_likely_component())
-            ce = jnp.zeros(valid.shape, action.dtype)
+        action, ce = choose_action(
+            gmm, losses.sdc_step(current, is_sdc), target, step_key, config, simulator
+        )
         act = Action(data=action, valid=jnp.ones(action.shape[:-1] + (1,), bool))
         nxt = simulator.step(view, act)
 

@@ -32,7 +32,7 @@ from diffdrive.models.policy import Policy, features_per_agent, initial_carry
 from diffdrive.sim.datatypes import Action, Array, SimulatorState, Trajectory, select_by_onehot
 from diffdrive.sim.dynamics import DynamicsModel, step_objects
 from diffdrive.train import bc, losses
-from diffdrive.train.apg import Simulator, reduce_rollout, snap_to_log
+from diffdrive.train.apg import Simulator, choose_action, reduce_rollout, snap_to_log
 from diffdrive.train.config import TrainConfig
 
 
@@ -136,22 +136,9 @@ def multi_agent_apg_rollout(
         log_next = log.at(t + 1)
         target = gather_agents(log_next, index)
         valid = target.valid & row_valid & (t >= k0)
-        if config.action_selection == "wta":
-            cx, cy = simulator.candidates(gather_agents(current, index), gmm.means)
-            winner = losses.nearest_component(
-                jnp.stack([cx, cy], -1), jnp.stack([target.x, target.y], -1)
-            )
-            if config.sample_actions:
-                action = gmm.sample_component(step_key, winner)
-            else:
-                action = gmm.component_mean(winner)
-            ce = losses.mixture_cross_entropy(gmm, winner)
-        elif config.action_selection == "sample":
-            action, _ = gmm.sample(step_key)
-            ce = jnp.zeros(valid.shape, action.dtype)
-        else:
-            action = gmm.component_mean(gmm.most_likely_component())
-            ce = jnp.zeros(valid.shape, action.dtype)
+        action, ce = choose_action(
+            gmm, gather_agents(current, index), target, step_key, config, simulator
+        )
         data = scatter_actions(action, egos)
         act = Action(data=data, valid=jnp.ones(data.shape[:-1] + (1,), bool))
         # Objects absent at the end of warm-up never appear (no injection), as in evaluation.
